@@ -1,0 +1,38 @@
+"""Packaging for una_bundle: the UNA method as a MONAI bundle (configs, scripts, models, docs)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="una_bundle",
+    version="0.1.0",
+    description="UNA (fluid-driven anomaly randomization) as a MONAI bundle: healthy T1w reconstruction and "
+    "anomaly maps from brain scans of any contrast and resolution.",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["una_bundle", "una_bundle.*"]),
+    package_data={"una_bundle": ["configs/*", "docs/*", "models/*", "large_files.yml", "LICENSE"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.3,<2.15",
+        "monai>=1.4",
+        "numpy>=1.24",
+        "nibabel>=5.0",
+        "pytorch-ignite>=0.4.11",
+        "mlflow>=2.10",
+        "fire>=0.5",
+        "nilearn>=0.10",  # ships the MNI152 template and tissue maps the demo data are built from (no downloads)
+        "matplotlib>=3.7",  # the PNG figures
+        "scipy>=1.10",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        # triton runs the GPU kernel's code under its CPU interpreter in the tests (TRITON_INTERPRET=1)
+        "test": ["pytest>=7", "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+    },
+    entry_points={"console_scripts": ["una-bundle=una_bundle.scripts.cli:main"]},
+)

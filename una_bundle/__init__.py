@@ -1,0 +1,12 @@
+"""una_bundle: UNA (fluid-driven anomaly randomization, CVPR 2025) as a MONAI bundle.
+
+The bundle root is this folder (``configs/``, ``scripts/``, ``models/``, ``docs/``); the Python the configs
+reference lives in :mod:`una_bundle.scripts` (importable as ``scripts`` when the bundle root is on ``sys.path``).
+"""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+#: The bundle root folder, as ``python -m monai.bundle`` expects it.
+BUNDLE_ROOT = Path(__file__).resolve().parent
