@@ -128,16 +128,21 @@ def _crop_faces(coeffs: list, box: tuple[slice, slice, slice]) -> list:
 
 
 def _run_torch(p: torch.Tensor, coeffs: list, dt_sub: float, substeps: int) -> torch.Tensor:
+    """Explicit sub-steps with preallocated buffers: no allocation per sub-step (fresh large tensors cost
+    page faults on every step on CPU)."""
     coeffs = [(left * dt_sub, right * dt_sub) for left, right in coeffs]
+    p = p.clone()  # never write into the caller's tensor
+    new = torch.empty_like(p)
+    diffs = [p.narrow(axis - 3, 1, p.shape[axis - 3] - 1).clone() for axis in range(3)]
     for _ in range(substeps):
-        new = p.clone()
-        for axis, (left, right) in enumerate(coeffs):
+        new.copy_(p)
+        for axis, ((left, right), diff) in enumerate(zip(coeffs, diffs)):
             dim = axis - 3
             n = p.shape[dim]
-            diff = torch.diff(p, dim=dim)
+            torch.sub(p.narrow(dim, 1, n - 1), p.narrow(dim, 0, n - 1), out=diff)
             new.narrow(dim, 0, n - 1).addcmul_(right, diff)
             new.narrow(dim, 1, n - 1).addcmul_(left, diff, value=-1.0)
-        p = new
+        p, new = new, p
     return p
 
 

@@ -1,0 +1,26 @@
+"""Shared fixtures: small synthetic brains (<= 48^3) so the suite stays fast on 2 CPU cores."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+
+def ellipsoid(shape=(40, 44, 36), radii=(0.8, 0.85, 0.8)) -> torch.Tensor:
+    """A boolean ellipsoid filling most of the grid: a stand-in brain mask."""
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    x, y, z = torch.meshgrid(*axes, indexing="ij")
+    return (x / radii[0]) ** 2 + (y / radii[1]) ** 2 + (z / radii[2]) ** 2 < 1
+
+
+@pytest.fixture
+def brain_image():
+    """``(image MetaTensor [1, X, Y, Z] with an oblique affine, brain mask [1, X, Y, Z])``."""
+    mask = ellipsoid()
+    rng = np.random.default_rng(0)
+    values = torch.as_tensor(rng.uniform(80, 120, mask.shape), dtype=torch.float32) * mask
+    affine = torch.tensor(
+        [[0.0, -1.2, 0.1, 30.0], [1.1, 0.0, 0.0, -40.0], [0.0, 0.05, 1.3, 12.0], [0.0, 0.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+    return MetaTensor(values[None], affine=affine, meta={"filename_or_obj": "brain.nii.gz"}), mask[None].float()
