@@ -1,0 +1,167 @@
+"""User datalists: a JSON file in MONAI decathlon style listing the subjects UNA trains and validates on.
+
+UNA learns from anatomy label maps (synthetic images are drawn from them) with each subject's healthy T1w as the
+target; real images and real lesion masks are optional extras. A datalist names these files per subject::
+
+    {
+      "name": "my data", "description": "...", "labels": {"0": "background", "2": "Left-Cerebral-White-Matter"},
+      "training": [
+        {"label": "sub-01/aseg.nii.gz", "t1": "sub-01/t1.nii.gz", "mask": "sub-01/brain.nii.gz"},
+        {"label": "sub-02/aseg.nii.gz", "t1": "sub-02/t1.nii.gz", "image": "sub-02/flair.nii.gz",
+         "modality": "FLAIR", "lesion": "sub-02/wmh.nii.gz", "lesion_pool": ["pool/stroke1.nii.gz"]}
+      ],
+      "validation": [ ... ]
+    }
+
+Per-subject keys (paths relative to the JSON file's folder, or absolute):
+
+* ``label`` (required): the anatomy label map (e.g. SynthSeg / FreeSurfer ids, as in ``demo_data.LABELS``).
+* ``t1`` (required): the subject's healthy T1w, the training target (for a diseased subject: healthy outside
+  ``lesion``, which is not supervised).
+* ``mask`` (optional): the brain mask; when absent, ``label > 0`` is used.
+* ``image`` and ``modality`` (optional, together): a real image of the subject and its modality, one of
+  ``MODALITIES`` (T1, T2, FLAIR, CT; any case, returned upper-case).
+* ``lesion`` (optional): a real lesion mask, which makes the subject a diseased one.
+* ``lesion_pool`` (optional): a list of lesion masks usable as initial shapes of the fluid anomalies (any shape:
+  they are centre-padded or cropped to the subject).
+* ``subject`` (optional): a free-text identifier.
+
+``label``, ``t1``, ``mask``, ``image`` and ``lesion`` must be 3D (or 4D with one volume) on the same grid (same
+shape, affines equal within 0.01 mm); only the NIfTI headers are read. Other top-level keys (``name``,
+``labels``, ...) are free.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .anomaly_encoding import MODALITY_SIGN
+
+__all__ = ["REQUIRED_KEYS", "OPTIONAL_KEYS", "ALLOWED_KEYS", "IMAGE_KEYS", "MODALITIES", "load_datalist"]
+
+#: Keys every subject needs.
+REQUIRED_KEYS = ("label", "t1")
+#: Keys a subject may have.
+OPTIONAL_KEYS = ("mask", "image", "modality", "lesion", "lesion_pool", "subject")
+ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
+#: Keys holding one volume on the subject's grid (their shapes must match).
+IMAGE_KEYS = ("label", "t1", "mask", "image", "lesion")
+#: Modalities of real images.
+MODALITIES = tuple(sorted(MODALITY_SIGN))
+_AFFINE_TOLERANCE_MM = 0.01
+
+
+def _header(path: Path, where: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Spatial shape and affine from the NIfTI header of ``path``, checking it is 3D (or 4D with one volume)."""
+    try:
+        image = nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise ValueError(f"{where}: {path} is not a readable NIfTI image ({type(err).__name__}: {err}).") from err
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"{where}: {path} must be a 3D volume (or 4D with one volume), got shape {shape}.")
+    return shape, np.asarray(image.affine, dtype=np.float64)
+
+
+def _resolve(value, root: Path, where: str) -> str:
+    """An absolute path string for a datalist path (relative ones against the datalist's folder)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: expected a file path (non-empty string), got {value!r}.")
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else root / path)
+
+
+def _check_entry(entry: dict, where: str, check_files: bool) -> None:
+    """Check one resolved entry's files: they exist, are 3D and share one grid."""
+    if not check_files:
+        return
+    files = [(key, entry[key]) for key in IMAGE_KEYS if key in entry]
+    files += [("lesion_pool", file) for file in entry.get("lesion_pool", [])]
+    for key, file in files:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"{where}: key '{key}': file not found: {file}")
+    grids = {key: _header(Path(entry[key]), f"{where}, key '{key}'") for key in IMAGE_KEYS if key in entry}
+    for path in entry.get("lesion_pool", []):
+        _header(Path(path), f"{where}, key 'lesion_pool'")
+    ref_shape, ref_affine = grids["label"]
+    for key, (shape, affine) in grids.items():
+        if shape != ref_shape:
+            raise ValueError(
+                f"{where}: '{key}' has spatial shape {shape} but 'label' has {ref_shape}; "
+                f"all of {[k for k in IMAGE_KEYS if k in grids]} must be on one grid."
+            )
+        if not np.allclose(affine, ref_affine, atol=_AFFINE_TOLERANCE_MM):
+            raise ValueError(
+                f"{where}: '{key}' and 'label' have different affines ({affine.round(3).tolist()} vs "
+                f"{ref_affine.round(3).tolist()}); all volumes of a subject must be on one grid."
+            )
+
+
+def load_datalist(path: str | Path, section: str = "training", check_files: bool = True) -> list[dict]:
+    """Read and validate one section of a decathlon-style datalist; return its entries with absolute paths.
+
+    Args:
+        path: the datalist JSON file.
+        section: the list to read, e.g. ``training`` or ``validation``.
+        check_files: also check that the files exist and that their NIfTI headers fit (3D, one grid per subject).
+
+    Returns a list of dicts with the keys of ``ALLOWED_KEYS`` the entry has, paths as absolute strings,
+    ``modality`` upper-case, ``lesion_pool`` a list. Raises ``FileNotFoundError`` (datalist or a listed file
+    missing) or ``ValueError`` naming the datalist, the entry (index and ``t1`` file) and the problem.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"datalist {path} must hold a JSON object with a '{section}' list, got {type(data).__name__}.")
+    if section not in data:
+        lists = sorted(k for k, v in data.items() if isinstance(v, list))
+        raise ValueError(f"datalist {path} has no section '{section}' (its lists: {lists}).")
+    entries = data[section]
+    if not isinstance(entries, list):
+        kind = type(entries).__name__
+        raise ValueError(f"datalist {path}: section '{section}' must be a list of subjects, got {kind}.")
+    root = path.parent
+    out = []
+    for index, entry in enumerate(entries):
+        where = f"datalist {path}, {section}[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object with keys {list(ALLOWED_KEYS)}, got {type(entry).__name__}.")
+        if isinstance(entry.get("t1"), str):
+            where += f" (t1 {entry['t1']})"
+        unknown = sorted(set(entry) - set(ALLOWED_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys: {list(ALLOWED_KEYS)}.")
+        missing = [key for key in REQUIRED_KEYS if key not in entry]
+        if missing:
+            raise ValueError(f"{where}: missing required key(s) {missing} (required: {list(REQUIRED_KEYS)}).")
+        if ("image" in entry) != ("modality" in entry):
+            given, absent = ("image", "modality") if "image" in entry else ("modality", "image")
+            raise ValueError(f"{where}: '{given}' needs '{absent}' (a real image comes with its modality).")
+        resolved = {}
+        for key, value in entry.items():
+            if key in IMAGE_KEYS:
+                resolved[key] = _resolve(value, root, f"{where}, key '{key}'")
+            elif key == "lesion_pool":
+                if not isinstance(value, list) or not value:
+                    raise ValueError(f"{where}: 'lesion_pool' must be a non-empty list of files, got {value!r}.")
+                resolved[key] = [_resolve(v, root, f"{where}, key 'lesion_pool'") for v in value]
+            elif key == "modality":
+                if not isinstance(value, str) or value.upper() not in MODALITIES:
+                    raise ValueError(f"{where}: unknown modality {value!r}; expected one of {list(MODALITIES)}.")
+                resolved[key] = value.upper()
+            else:  # subject
+                resolved[key] = str(value)
+        _check_entry(resolved, where, check_files)
+        out.append(resolved)
+    return out
