@@ -11,6 +11,8 @@ import sys
 import fire
 
 from .anomaly_gallery import generate_anomalies
+from .datalist import load_datalist
+from .demo_data import prepare_demo
 
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
 
@@ -20,7 +22,29 @@ def demo(output_dir: str = "una_demo", seed: int = 0, overwrite: bool = False) -
     return generate_anomalies(output_dir=output_dir, seed=seed, overwrite=overwrite)
 
 
-COMMANDS = {"demo": demo, "anomalies": generate_anomalies}
+def prepare_demo_data(
+    out_dir: str = "una_demo_data",
+    n_train: int = 4,
+    n_val: int = 2,
+    spacing: float = 1.0,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> str:
+    """Build the demo dataset from the MNI152 template shipped in nilearn; prints the datalist path."""
+    return str(prepare_demo(out_dir, n_train=n_train, n_val=n_val, spacing=spacing, seed=seed, overwrite=overwrite))
+
+
+def check_datalist(path: str, section: str = "training", check_files: bool = True) -> str:
+    """Validate a datalist section (files, shapes, modalities); prints how many subjects it holds."""
+    return f"{path}: section '{section}' is valid, {len(load_datalist(path, section, check_files))} subjects"
+
+
+COMMANDS = {
+    "demo": demo,
+    "anomalies": generate_anomalies,
+    "prepare-demo": prepare_demo_data,
+    "check-datalist": check_datalist,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ shape, affines equal within 0.01 mm); only the NIfTI headers are read. Other top
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -41,7 +42,16 @@ import numpy as np
 
 from .anomaly_encoding import MODALITY_SIGN
 
-__all__ = ["REQUIRED_KEYS", "OPTIONAL_KEYS", "ALLOWED_KEYS", "IMAGE_KEYS", "MODALITIES", "load_datalist"]
+__all__ = [
+    "REQUIRED_KEYS",
+    "OPTIONAL_KEYS",
+    "ALLOWED_KEYS",
+    "IMAGE_KEYS",
+    "MODALITIES",
+    "load_datalist",
+    "training_entries",
+    "lesion_pool_files",
+]
 
 #: Keys every subject needs.
 REQUIRED_KEYS = ("label", "t1")
@@ -165,3 +175,31 @@ def load_datalist(path: str | Path, section: str = "training", check_files: bool
         _check_entry(resolved, where, check_files)
         out.append(resolved)
     return out
+
+
+def training_entries(path: str | Path, section: str = "training", check_files: bool = True) -> list[dict]:
+    """The entries of a datalist section mapped onto the training pipeline's keys (``configs/train.yaml``).
+
+    ``t1`` becomes ``target``; ``image`` / ``modality`` are the subject's real scan, defaulting to the T1w itself
+    (modality ``T1``); ``lesion`` (a real lesion) becomes ``real_lesion``; ``mask`` defaults to the label map
+    (binarised in the pipeline); ``label`` is kept; ``lesion_pool`` and ``subject`` are left out (see
+    :func:`lesion_pool_files`).
+    """
+    entries = []
+    for entry in load_datalist(path, section, check_files):
+        sample = {"target": entry["t1"], "label": entry["label"], "mask": entry.get("mask", entry["label"])}
+        sample["image"] = entry.get("image", entry["t1"])
+        sample["modality"] = entry.get("modality", "T1") if "image" in entry else "T1"
+        if "lesion" in entry:
+            sample["real_lesion"] = entry["lesion"]
+        entries.append(sample)
+    return entries
+
+
+def lesion_pool_files(path: str | Path, sections: Sequence[str] = ("training",)) -> list[str]:
+    """All ``lesion_pool`` files of the given sections, without duplicates, in datalist order."""
+    files: list[str] = []
+    for section in sections:
+        for entry in load_datalist(path, section, check_files=False):
+            files += [f for f in entry.get("lesion_pool", []) if f not in files]
+    return files
