@@ -494,16 +494,21 @@ class RandResolutiond(RandomizableTransform, MapTransform):
 
     Args:
         keys: image keys ``[C, X, Y, Z]`` to degrade.
+        regime_key: key to record the drawn regime and target spacing in (e.g. ``"clinical 1.0x1.0x6.3mm"``), or
+            ``None``; ``"none"`` when the transform does not fire.
         allow_missing_keys: don't raise when a key is missing.
         kwargs: the parameters of :class:`RandResolution` (``prob`` included).
     """
 
     backend = RandResolution.backend
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self, keys: KeysCollection, regime_key: str | None = None, allow_missing_keys: bool = False, **kwargs
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, check_probability("prob", kwargs.pop("prob", 1.0)))
         self.resolution = RandResolution(prob=1.0, **kwargs)
+        self.regime_key = regime_key
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -514,10 +519,15 @@ class RandResolutiond(RandomizableTransform, MapTransform):
         d = dict(data)
         self.randomize(None)
         if not self._do_transform:
+            if self.regime_key is not None:
+                d[self.regime_key] = "none"
             return d
         self.resolution.randomize()
         for key in self.key_iterator(d):
             d[key] = self.resolution(d[key], randomize=False)
+        if self.regime_key is not None:
+            spacing = "x".join(f"{s:.1f}" for s in self.resolution.target_spacing)
+            d[self.regime_key] = f"{self.resolution.regime} {spacing}mm"
         return d
 
 
