@@ -24,3 +24,11 @@ def brain_image():
         dtype=torch.float64,
     )
     return MetaTensor(values[None], affine=affine, meta={"filename_or_obj": "brain.nii.gz"}), mask[None].float()
+
+
+@pytest.fixture(scope="session")
+def demo_3mm(tmp_path_factory):
+    """A small demo dataset (3 mm, 2 training + 1 validation subjects), built once per test session."""
+    from una_bundle.scripts.demo_data import prepare_demo
+
+    return prepare_demo(tmp_path_factory.mktemp("demo3mm") / "data", n_train=2, n_val=1, spacing=3.0, seed=0)

@@ -1,9 +1,9 @@
 """See the training-data pipeline: draw N samples from ``configs/train.yaml`` and save them as one PNG grid.
 
 Each row is one sample: the network input (channel 0) and its registered flip (channel 1), both with the brain
-mask outlined, the training target (the healthy T1w), the input with the lesion outlined, and the loss weight; the row title names the contrast, the
-source (synthetic or real) and the resolution regime. Look for: targets anatomically aligned with the inputs,
-lesions inside the brain, weights > 1 on synthetic lesions and 0 on real ones.
+mask outlined, the training target (the healthy T1w), the input with the lesion outlined, and the loss weight; the
+row title names the contrast, the source (synthetic or real) and the resolution regime. Look for: targets
+anatomically aligned with the inputs, lesions inside the brain, weights > 1 on synthetic lesions and 0 on real ones.
 """
 
 from __future__ import annotations
