@@ -13,6 +13,7 @@ import fire
 from .anomaly_gallery import generate_anomalies
 from .datalist import load_datalist
 from .demo_data import prepare_demo
+from .pipeline_preview import preview_pipeline
 
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
 
@@ -44,6 +45,7 @@ COMMANDS = {
     "anomalies": generate_anomalies,
     "prepare-demo": prepare_demo_data,
     "check-datalist": check_datalist,
+    "preview": preview_pipeline,
 }
 
 
