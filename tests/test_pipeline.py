@@ -110,13 +110,15 @@ def test_marker_lands_at_the_same_voxel_in_image_target_and_lesion(marker_datase
 def test_preview_png(demo_3mm, tmp_path):
     out = tmp_path / "preview.png"
     settings = _settings(demo_3mm.parent, tmp_path)
-    settings.pop("dataset_dir")
-    preview_pipeline(str(demo_3mm.parent), str(out), n=2, seed=0, **settings)
+    roi = settings.pop("roi_size")
+    preview_pipeline(str(demo_3mm.parent), str(out), n=2, seed=0, roi_size=roi, config_overrides=settings)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     with pytest.raises(FileExistsError):
         preview_pipeline(str(demo_3mm.parent), str(out), n=1)
 
 
-def test_config_reports_a_missing_file():
+def test_config_and_dataset_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config("nope.yaml")
+    with pytest.raises(FileNotFoundError, match="prepare-demo"):
+        draw_samples(str(tmp_path), 1)

@@ -22,6 +22,11 @@ __all__ = ["preview_pipeline", "draw_samples"]
 
 def draw_samples(dataset_dir: str, n: int, seed: int = 0, overrides: dict | None = None) -> tuple[list[dict], float]:
     """``n`` samples of the training pipeline on the datalist in ``dataset_dir``, and the seconds per sample."""
+    datalist = Path(dataset_dir) / "datalist.json"
+    if not datalist.is_file():
+        raise FileNotFoundError(
+            f"no datalist.json in {dataset_dir} (build one with: una-bundle prepare-demo --out_dir DIR)"
+        )
     settings = {"dataset_dir": str(Path(dataset_dir).resolve())} | dict(overrides or {})
     parser = load_config("train.yaml", settings)
     entries = parser.get_parsed_content("train#dataset#data")
@@ -43,7 +48,8 @@ def preview_pipeline(
     n: int = 8,
     seed: int = 0,
     overwrite: bool = False,
-    **overrides,
+    roi_size: tuple[int, int, int] | None = None,
+    config_overrides: dict | None = None,
 ) -> str:
     """Write a PNG grid of ``n`` training samples (rows) drawn with ``seed``; returns its path.
 
@@ -53,7 +59,8 @@ def preview_pipeline(
         n: number of samples.
         seed: random seed of the pipeline.
         overwrite: replace an existing PNG.
-        overrides: config ids to override, e.g. ``roi_size=[96, 112, 96]``.
+        roi_size: crop size of the samples (default: the config's, 160^3 for 1 mm data).
+        config_overrides: further config ids to override, e.g. ``{"synthetic_prob": 1.0}``.
     """
     import matplotlib
 
@@ -62,6 +69,7 @@ def preview_pipeline(
 
     out = Path(output)
     check_writable([out], overwrite)
+    overrides = dict(config_overrides or {}) | ({"roi_size": list(roi_size)} if roi_size is not None else {})
     samples, seconds = draw_samples(dataset_dir, n, seed, overrides)
     titles = ("input (cyan: brain)", "flip channel", "target (healthy T1w)", "lesion", "loss weight")
     fig, axes = plt.subplots(len(samples), 5, figsize=(11, 2.4 * len(samples)), facecolor="black", squeeze=False)
