@@ -1,0 +1,193 @@
+"""Evaluation (scripts/evaluation.py): intensity normalisation, the evaluate command's outputs, modes and errors.
+
+The metrics themselves are tested in test_metrics.py.
+"""
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_inference import CONV, conv_checkpoint
+
+from una_bundle.scripts.cli import main
+from una_bundle.scripts.evaluation import evaluate, load_cases, normalize_intensity, run_evaluation
+from una_bundle.scripts.metrics import brain_l1
+
+
+def _cube(shape=(16, 16, 16), lo=3, hi=13) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[lo:hi, lo:hi, lo:hi] = True
+    return mask
+
+
+def test_normalize_intensity_divides_by_the_in_brain_percentile():
+    brain = _cube()
+    volume = torch.zeros(16, 16, 16)
+    volume[brain] = torch.linspace(10, 200, int(brain.sum()))
+    volume[0, 0, 0] = 5000.0  # outside the brain: ignored by the percentile, clipped
+    out = normalize_intensity(volume, brain, percentile=100)
+    assert float(out[brain].max()) == pytest.approx(1.0)
+    assert float(out[brain].min()) == pytest.approx(10 / 200)
+    assert float(out[0, 0, 0]) == 1.0
+    ct = volume - 100  # negative values: shifted by the in-brain minimum
+    assert float(normalize_intensity(ct, brain, percentile=100)[brain].min()) == pytest.approx(0.0)
+
+
+def _save(array, path):
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4)), str(path))
+    return path.name
+
+
+def _make_cases(folder, n=2):
+    """Cases on a 16^3 grid with a perfect model's predictions in ``folder/pred``: healthy == truth; the input is
+    the truth with a dark lesion; case 0 has a lesion mask and an anomaly mask overlapping half of it."""
+    rng = np.random.default_rng(0)
+    brain = _cube().numpy()
+    pred = folder / "pred"
+    pred.mkdir()
+    cases = []
+    for i in range(n):
+        truth = np.where(brain, rng.uniform(0.4, 1.0, brain.shape), 0.0)
+        lesion = np.zeros(brain.shape)
+        lesion[5:9, 5:9, 5:9] = 1  # 64 voxels
+        predicted = np.zeros(brain.shape)
+        predicted[5:9, 5:9, 7:11] = 1  # 64 voxels, 32 shared: Dice 0.5
+        entry = {"image": _save(truth * (1 - 0.8 * lesion), folder / f"s{i}.nii.gz")}
+        entry["truth"] = _save(truth, folder / f"s{i}_t1.nii.gz")
+        entry["mask"] = _save(brain, folder / f"s{i}_brain.nii.gz")
+        _save(truth, pred / f"s{i}_healthy.nii.gz")
+        _save(predicted, pred / f"s{i}_anomaly_mask.nii.gz")
+        if i == 0:
+            entry["lesion"] = _save(lesion, folder / f"s{i}_lesion.nii.gz")
+        cases.append(entry)
+    (folder / "cases.json").write_text(json.dumps(cases))
+    return folder / "cases.json", cases
+
+
+def test_evaluate_writes_csv_markdown_and_boxplots(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    cases_file, cases = _make_cases(data)  # relative paths: resolved against the JSON file's folder
+    out = tmp_path / "out"
+    result = run_evaluation(str(cases_file), str(out), predictions=data / "pred")
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case"] for r in rows] == ["s0", "s1"]  # names from the image files, as inference names outputs
+    assert list(rows[0]) == ["case", "l1", "psnr", "ssim", "dice", "baseline_l1", "baseline_psnr", "baseline_ssim"]
+    assert float(rows[0]["l1"]) == 0.0 and float(rows[0]["psnr"]) == math.inf
+    assert float(rows[0]["ssim"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[0]["dice"]) == pytest.approx(0.5)
+    assert rows[1]["dice"] == ""  # no lesion mask: no Dice
+    # the baseline is the normalised input against the normalised truth, inside the given brain mask
+    brain = _cube()
+    truth = torch.as_tensor(nib.load(str(data / "s0_t1.nii.gz")).get_fdata(), dtype=torch.float32)
+    image = torch.as_tensor(nib.load(str(data / "s0.nii.gz")).get_fdata(), dtype=torch.float32)
+    expected = float(brain_l1(normalize_intensity(image, brain), normalize_intensity(truth, brain), brain))
+    assert float(rows[0]["baseline_l1"]) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.01 and float(rows[0]["baseline_ssim"]) < 0.99
+    markdown = (out / "metrics.md").read_text()
+    assert "| s0 |" in markdown and "| s1 |" in markdown and "mean ± std" in markdown
+    assert "SSIM (baseline)" in markdown
+    assert (out / "metrics_boxplots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["summary"]["dice"]["n"] == 1 and result["summary"]["l1"]["mean"] == 0.0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_evaluate_runs_inference_when_no_predictions_are_given(tmp_path):
+    """A network that copies its input: the predictions land in ``output_dir/predictions`` and are what is scored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cases_file, _ = _make_cases(data, n=1)
+    ckpt = conv_checkpoint(tmp_path / "copy.pt", (1.0, 0.0))
+    out = tmp_path / "out"
+    settings = {"checkpoint": ckpt, "spacing": [1.0, 1.0, 1.0], "roi_size": [16, 16, 16], "quiet": True}
+    settings["overrides"] = {"network_def": CONV}
+    row = run_evaluation(str(cases_file), out, inference=settings)["cases"][0]
+    healthy = out / "predictions" / "s0_healthy.nii.gz"
+    assert healthy.is_file() and (out / "predictions" / "s0.json").is_file()
+    assert not (data / "pred" / "s0.json").exists()
+    brain = _cube()
+    truth = torch.as_tensor(nib.load(str(data / "s0_t1.nii.gz")).get_fdata(), dtype=torch.float32)
+    pred = torch.as_tensor(nib.load(str(healthy)).get_fdata(), dtype=torch.float32)
+    assert float(pred[5:9, 5:9, 5:9].mean()) < 0.3  # the copied input still has its dark lesion
+    expected = float(brain_l1(normalize_intensity(pred, brain), normalize_intensity(truth, brain), brain))
+    assert row["l1"] == pytest.approx(expected, rel=1e-5) and row["l1"] > 0.01
+    assert 0 <= row["dice"] <= 1
+
+
+def test_evaluate_refuses_to_overwrite(tmp_path):
+    cases_file, _ = _make_cases(tmp_path, n=1)
+    out = tmp_path / "out"
+    run_evaluation(str(cases_file), str(out), predictions=tmp_path / "pred")
+    (out / "metrics.csv").write_text("mine")
+    with pytest.raises(FileExistsError, match="metrics"):
+        run_evaluation(str(cases_file), str(out), predictions=tmp_path / "pred")
+    assert (out / "metrics.csv").read_text() == "mine"
+    run_evaluation(str(cases_file), str(out), predictions=tmp_path / "pred", overwrite=True)
+    assert (out / "metrics.csv").read_text().startswith("case,l1,psnr,ssim,dice,")
+
+
+def test_evaluate_accepts_a_list_of_dicts(tmp_path, monkeypatch):
+    _, cases = _make_cases(tmp_path, n=1)
+    monkeypatch.chdir(tmp_path)  # relative paths of a list: against the working directory
+    result = run_evaluation(cases, "out", predictions="pred")
+    assert len(result["cases"]) == 1 and (tmp_path / "out" / "metrics.md").is_file()
+
+
+def test_cli_evaluate_prints_the_table_and_fails_cleanly(tmp_path, capsys):
+    cases_file, _ = _make_cases(tmp_path, n=1)
+    table = evaluate(str(cases_file), str(tmp_path / "out"), predictions=str(tmp_path / "pred"))
+    assert table == (tmp_path / "out" / "metrics.md").read_text() and "| s0 |" in table
+    main(
+        [
+            "evaluate",
+            "--cases",
+            str(cases_file),
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--predictions",
+            str(tmp_path / "pred"),
+        ]
+    )
+    assert "| s0 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--cases", str(tmp_path / "nope.json"), "--output_dir", str(tmp_path / "x")])
+    assert info.value.code != 0 and "nope.json" in capsys.readouterr().err
+
+
+def test_bad_case_lists_give_specific_errors(tmp_path):
+    cases_file, cases = _make_cases(tmp_path, n=1)
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    with pytest.raises(FileNotFoundError, match="cases: file not found"):
+        run_evaluation(str(tmp_path / "nope.json"), str(out))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_cases(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="non-empty list"):
+        load_cases([])
+    with pytest.raises(ValueError, match=r"case 0.*missing required key.*truth"):
+        load_cases([{k: v for k, v in cases[0].items() if k != "truth"}])
+    with pytest.raises(ValueError, match="unknown key"):
+        load_cases([{**cases[0], "healty": "x.nii.gz"}])
+    (tmp_path / "twice.json").write_text(json.dumps([cases[0], cases[0]]))
+    with pytest.raises(ValueError, match="share the name"):
+        load_cases(str(tmp_path / "twice.json"), pred)
+    missing = [{**cases[0], "truth": "gone_t1.nii.gz"}]
+    (tmp_path / "missing.json").write_text(json.dumps(missing))
+    with pytest.raises(FileNotFoundError, match=r"case 0.*'truth' file not found.*gone_t1"):
+        run_evaluation(str(tmp_path / "missing.json"), str(out), predictions=pred)
+    with pytest.raises(FileNotFoundError, match=r"predictions: folder not found"):
+        run_evaluation(str(cases_file), str(out), predictions=tmp_path / "nowhere")
+    (pred / "s0_anomaly_mask.nii.gz").rename(tmp_path / "moved.nii.gz")
+    with pytest.raises(FileNotFoundError, match=r"prediction not found.*s0_anomaly_mask.nii.gz"):
+        run_evaluation(str(cases_file), str(out), predictions=pred)
+    (tmp_path / "moved.nii.gz").rename(pred / "s0_anomaly_mask.nii.gz")
+    _save(np.zeros((16, 16, 15)), tmp_path / "small.nii.gz")
+    (tmp_path / "shape.json").write_text(json.dumps([{**cases[0], "truth": "small.nii.gz"}]))
+    with pytest.raises(ValueError, match=r"case s0: truth .*small.nii.gz has shape \(16, 16, 15\)"):
+        run_evaluation(str(tmp_path / "shape.json"), str(out), predictions=pred)
+    assert not out.exists() or not [p for p in out.iterdir() if p.is_file()]  # nothing written for a bad list

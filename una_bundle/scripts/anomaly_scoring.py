@@ -1,0 +1,193 @@
+"""Anomaly map, automatic threshold and anomaly mask (UNA, section 6).
+
+The map is where the normalised input departs from its healthy reconstruction, inside the brain, in the images'
+intensity units (both in ``[0, 1]``): a shift-tolerant absolute difference (one voxel of misregistration forgiven),
+smoothed with a Gaussian of 1 voxel, clipped to ``[0, 1]`` (:func:`anomaly_map`).
+
+The threshold is set without the answer (:func:`anomaly_threshold`). Default: **fixed at 0.05**, an a-priori value
+between the two scales it separates. Below: the reconstruction error of a trained UNA, whose mean in-brain L1 is
+0.015 for T1w (0.018-0.026 for T2w/FLAIR/CT inputs, the paper's Table 1) and is further reduced voxel-wise by the
+smoothing and the shift tolerance; 0.05 is about three times that mean. Above: the lesions UNA is trained to remove,
+whose contrast is ``a * P`` with ``a`` in ``[mu, 2 mu]`` (``mu`` the lesion-area mean, about 0.5-0.7 on a [0, 1] T1w)
+and ``P >= 0.2`` inside the lesion mask, i.e. at least about 0.1. ``"otsu"`` (per image, in the brain) is the
+alternative when a model's error level is unknown; it always splits the brain in two, so on a healthy scan it
+flags the largest reconstruction errors. ``benchmarks/calibrate_threshold.py`` measures Dice for a sweep of
+thresholds and Otsu on simulated lesions with a given checkpoint, to re-check the default for a shipped model.
+
+The mask (:func:`anomaly_mask`) is the map above the threshold, inside the brain, without connected components
+(26-connectivity) smaller than 27 mm^3 (a 3 x 3 x 3 mm cube): isolated reconstruction errors are not lesions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import GaussianSmooth
+from monai.utils import convert_to_dst_type
+from scipy import ndimage as ndi
+
+__all__ = [
+    "anomaly_map",
+    "anomaly_threshold",
+    "anomaly_mask",
+    "THRESHOLD_METHODS",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_MIN_COMPONENT_MM3",
+]
+
+#: Rules :func:`anomaly_threshold` knows.
+THRESHOLD_METHODS = ("fixed", "otsu")
+
+#: Defaults (see the module docstring): threshold in intensity units; smallest kept component, mm^3 (27 voxels at 1 mm).
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_MIN_COMPONENT_MM3 = 27.0
+
+
+def _volume(x, name: str) -> torch.Tensor:
+    """``x`` ``[X, Y, Z]`` or ``[1, X, Y, Z]`` as a float32 ``[X, Y, Z]`` tensor (no metadata)."""
+    t = torch.as_tensor(x.as_tensor() if hasattr(x, "as_tensor") else x)
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"{name} must be [X, Y, Z] or [1, X, Y, Z], got shape {tuple(t.shape)}.")
+    return t.float()
+
+
+def _brain(brain_mask, like: torch.Tensor, name: str = "brain_mask") -> torch.Tensor | None:
+    """The brain mask as a boolean ``[X, Y, Z]`` on ``like``'s device, or ``None``."""
+    if brain_mask is None:
+        return None
+    brain = _volume(brain_mask, name).to(like.device) > 0
+    if tuple(brain.shape) != tuple(like.shape):
+        raise ValueError(f"{name} has shape {tuple(brain.shape)}, expected {tuple(like.shape)}.")
+    return brain
+
+
+def anomaly_map(
+    image,
+    healthy,
+    brain_mask=None,
+    smoothing_sigma: float = 1.0,
+    shift_tolerance: int = 1,
+) -> torch.Tensor:
+    """The anomaly map: where the input departs from its healthy reconstruction, in intensity units.
+
+    ``d(x) = distance from image(x) to [min, max] of healthy over the (2r+1)^3 neighbourhood of x``
+    (``r = shift_tolerance``; ``r = 0`` gives ``|image - healthy|``), zeroed outside the brain, smoothed with a
+    Gaussian of ``smoothing_sigma`` voxels, zeroed outside the brain again and clipped to ``[0, 1]``.
+
+    Args:
+        image: the (normalised, ``[0, 1]``) input ``[X, Y, Z]`` or ``[1, X, Y, Z]``; same contrast as ``healthy``.
+        healthy: its healthy reconstruction, same shape, normalised the same way.
+        brain_mask: non-zero inside the brain, same shape; default ``image > 0`` (a skull-stripped input).
+        smoothing_sigma: Gaussian smoothing in voxels (0: none).
+        shift_tolerance: ``r``, the misalignment in voxels forgiven (0: plain absolute difference).
+
+    Returns:
+        float32 map in ``[0, 1]``, shape and type (and metadata) of ``image``; 0 outside the brain.
+    """
+    img, rec = _volume(image, "image"), _volume(healthy, "healthy")
+    if img.shape != rec.shape:
+        raise ValueError(f"image {tuple(img.shape)} and healthy {tuple(rec.shape)} must have the same shape.")
+    rec = rec.to(img.device)
+    if int(shift_tolerance) != shift_tolerance or shift_tolerance < 0:
+        raise ValueError(f"shift_tolerance must be an integer >= 0, got {shift_tolerance}.")
+    if not smoothing_sigma >= 0:
+        raise ValueError(f"smoothing_sigma must be >= 0, got {smoothing_sigma}.")
+    brain = _brain(brain_mask, img)
+    brain = img > 0 if brain is None else brain
+    r = int(shift_tolerance)
+    if r > 0:  # distance to the range of healthy values within r voxels: one max pool and one min pool
+        pooled = rec[None, None]
+        high = F.max_pool3d(pooled, 2 * r + 1, stride=1, padding=r)[0, 0]
+        low = -F.max_pool3d(-pooled, 2 * r + 1, stride=1, padding=r)[0, 0]
+        diff = torch.maximum(img - high, low - img).clamp_min(0)
+    else:
+        diff = (img - rec).abs()
+    diff = diff * brain
+    if smoothing_sigma > 0:
+        smoothed = GaussianSmooth(sigma=float(smoothing_sigma))(diff[None])[0]
+        diff = torch.as_tensor(smoothed.as_tensor() if hasattr(smoothed, "as_tensor") else smoothed) * brain
+    diff = diff.clamp(0, 1)
+    out = diff[None] if torch.as_tensor(image).ndim == 4 else diff
+    return convert_to_dst_type(out, image, dtype=torch.float32)[0]
+
+
+def _otsu(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of 1D ``values`` (maximal between-class variance over a ``bins``-bin histogram)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return hi
+    hist = torch.histc(values.double(), bins=bins, min=lo, max=hi)
+    centers = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+    w0 = hist.cumsum(0)
+    m0 = (hist * centers).cumsum(0)
+    total, mean_total = w0[-1], m0[-1]
+    w1 = total - w0
+    between = (mean_total * w0 - total * m0) ** 2 / (w0 * w1).clamp_min(1e-12)
+    between[w1 <= 0] = -1
+    k = int(between.argmax())
+    return lo + (k + 1) * (hi - lo) / bins  # upper edge of the last bin of the lower class
+
+
+def anomaly_threshold(anomaly, brain_mask=None, method: str = "fixed", value: float = DEFAULT_THRESHOLD) -> float:
+    """Choose the threshold of an anomaly map without the answer (no lesion mask).
+
+    * ``"fixed"`` (default): ``value``, in the map's intensity units (images normalised to ``[0, 1]``);
+      0.05 is calibrated on simulated anomalies (module docstring).
+    * ``"otsu"``: Otsu's threshold (maximal between-class variance, 256 bins) of the in-brain map.
+
+    Args:
+        anomaly: map from :func:`anomaly_map`, ``[X, Y, Z]`` or ``[1, X, Y, Z]``.
+        brain_mask: non-zero inside the brain, for ``"otsu"``; default ``anomaly > 0``.
+        method: one of :data:`THRESHOLD_METHODS`.
+        value: the threshold of ``"fixed"``.
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"method must be one of {THRESHOLD_METHODS}, got {method!r}.")
+    if method == "fixed":
+        if not 0 <= value < 1:
+            raise ValueError(f"value must be in [0, 1), got {value}.")
+        return float(value)
+    amap = _volume(anomaly, "anomaly")
+    brain = _brain(brain_mask, amap)
+    values = amap[brain] if brain is not None else amap[amap > 0]
+    if values.numel() == 0:  # nothing departs from the reconstruction
+        return 0.0
+    return _otsu(values)
+
+
+def anomaly_mask(
+    anomaly,
+    threshold: float,
+    min_component_voxels: int = int(DEFAULT_MIN_COMPONENT_MM3),
+    brain_mask=None,
+) -> torch.Tensor:
+    """Threshold an anomaly map and drop connected components (26-connectivity) smaller than a size.
+
+    Args:
+        anomaly: map ``[X, Y, Z]`` or ``[1, X, Y, Z]``.
+        threshold: voxels with ``anomaly > threshold`` are anomalous.
+        min_component_voxels: components with fewer voxels are removed (0 or 1: keep all).
+        brain_mask: optional; voxels outside it are never anomalous.
+
+    Returns:
+        uint8 0/1 mask, shape and type (and metadata) of ``anomaly``.
+    """
+    if int(min_component_voxels) != min_component_voxels or min_component_voxels < 0:
+        raise ValueError(f"min_component_voxels must be an integer >= 0, got {min_component_voxels}.")
+    amap = _volume(anomaly, "anomaly")
+    mask = amap > float(threshold)
+    brain = _brain(brain_mask, amap)
+    if brain is not None:
+        mask &= brain
+    if min_component_voxels > 1 and bool(mask.any()):
+        labels, n = ndi.label(mask.cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= int(min_component_voxels)
+        keep[0] = False
+        mask = torch.from_numpy(keep[labels]).to(amap.device)
+    out = mask.to(torch.uint8)
+    out = out[None] if torch.as_tensor(anomaly).ndim == 4 else out
+    return convert_to_dst_type(out, anomaly, dtype=torch.uint8)[0]

@@ -1,0 +1,374 @@
+"""Evaluation: reconstruction metrics inside the brain and Dice of the anomaly mask, over a list of cases.
+
+A case is a scan with its answer: ``image`` (the scan given to inference), ``truth`` (the subject's healthy T1w on the
+scan's grid) and optionally ``lesion`` (the true lesion mask), ``mask`` (brain mask: passed to inference for scans
+with skull, and the region the metrics cover; default ``truth > 0``), ``modality`` (default ``auto``) and ``name``
+(default: the image's file name without ``.nii``/``.nii.gz``, as inference names its outputs).
+
+:func:`run_evaluation` either runs inference itself (``scripts.inference.run_inference``, outputs into
+``OUTPUT_DIR/predictions``) or reads the outputs of an earlier ``una-bundle infer`` from ``predictions``
+(``NAME_healthy.nii.gz``, ``NAME_anomaly_mask.nii.gz``). It writes ``metrics.csv`` (one row per case, full
+precision), ``metrics.md`` (the table with mean and std) and ``metrics_boxplots.png``.
+
+Metrics (``scripts.metrics``, UNA section 6) on intensities in ``[0, 1]``, inside the brain: L1, PSNR, SSIM
+(Gaussian window sigma 5) of the reconstruction against the truth, and Dice of the anomaly mask against the lesion
+(blank without a lesion). Every image is brought to ``[0, 1]`` by :func:`normalize_intensity` (divided by its 99.9th
+in-brain percentile, then clipped) - the same rule for the input, the reconstruction and the truth. The baseline is
+the identity: the normalised input taken as the reconstruction (for an input of another contrast than T1w it shows
+how far the input is from the target). No baseline Dice is reported: the identity's anomaly map is zero, its mask
+empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import brain_l1, brain_psnr, brain_ssim, dice
+from .nifti_io import check_writable, load_volume
+
+__all__ = ["normalize_intensity", "load_cases", "evaluate_case", "run_evaluation", "evaluate", "CASE_KEYS", "METRICS"]
+
+#: Required and optional keys of a case.
+CASE_KEYS = {"required": ("image", "truth"), "optional": ("lesion", "mask", "modality", "name")}
+#: Reported metrics: (column, title, higher is better).
+METRICS = (("l1", "L1", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True), ("dice", "Dice", True))
+OUTPUT_FILES = ("metrics.csv", "metrics.md", "metrics_boxplots.png")
+#: Inference outputs read per case ``NAME`` from the predictions folder.
+PREDICTION_SUFFIXES = {"healthy": "_healthy.nii.gz", "anomaly_mask": "_anomaly_mask.nii.gz"}
+_FILE_KEYS = ("image", "truth", "lesion", "mask")
+
+
+def _flat(x, name: str) -> torch.Tensor:
+    """``x`` ``[X, Y, Z]`` or ``[1, X, Y, Z]`` (tensor or array) as a float32 ``[X, Y, Z]`` tensor."""
+    t = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x if torch.is_tensor(x) else np.asarray(x))
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"{name} must be [X, Y, Z] or [1, X, Y, Z], got shape {tuple(t.shape)}.")
+    return t.float()
+
+
+def normalize_intensity(volume, brain_mask=None, percentile: float = 99.9) -> torch.Tensor:
+    """Map a volume to ``[0, 1]``: ``clip((v - lo) / (q - lo), 0, 1)``, ``q`` its ``percentile`` in the brain.
+
+    ``lo`` is 0 for non-negative images (MRI: a pure rescaling) and the in-brain minimum otherwise (e.g. CT).
+
+    Args:
+        volume: ``[X, Y, Z]`` or ``[1, X, Y, Z]``.
+        brain_mask: non-zero inside the brain (default: the whole volume).
+        percentile: the upper reference, robust to a few bright voxels.
+
+    Returns:
+        float32 ``[X, Y, Z]``.
+    """
+    v = _flat(volume, "volume")
+    brain = _flat(brain_mask, "brain_mask") > 0 if brain_mask is not None else torch.ones_like(v, dtype=torch.bool)
+    if brain.shape != v.shape:
+        raise ValueError(f"brain_mask {tuple(brain.shape)} must have the volume's shape {tuple(v.shape)}.")
+    values = v[brain] if bool(brain.any()) else v.flatten()
+    lo = min(0.0, float(values.min()))
+    q = float(np.percentile(values.numpy(), percentile))
+    if q <= lo:  # constant (e.g. empty) volume
+        return torch.zeros_like(v)
+    return ((v - lo) / (q - lo)).clamp(0, 1)
+
+
+def _case_name(entry: dict) -> str:
+    if entry.get("name"):
+        return str(entry["name"])
+    name = Path(str(entry["image"])).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_cases(cases: str | Path | Sequence[dict], predictions: str | Path | None = None) -> list[dict]:
+    """Read and check the case list: a JSON file (paths relative to its folder, or absolute) or a list of dicts
+    (paths relative to the working directory). Returns dicts with absolute ``Path`` values, a ``name`` and a
+    ``modality``; with ``predictions`` (a folder of inference outputs) also ``healthy`` and ``anomaly_mask``.
+
+    Raises ``FileNotFoundError`` for a missing case file, image or prediction and ``ValueError`` for a malformed
+    list, both naming the case and key.
+    """
+    base = Path.cwd()
+    if isinstance(cases, (str, Path)):
+        path = Path(cases)
+        if not path.is_file():
+            raise FileNotFoundError(f"cases: file not found: {path}")
+        try:
+            entries = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"cases: {path} is not valid JSON ({err}).") from err
+        base = path.resolve().parent
+        where = str(path)
+    else:
+        entries, where = cases, "cases"
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where}: expected a non-empty list of cases, got {type(entries).__name__}.")
+    if predictions is not None and not Path(predictions).is_dir():
+        raise FileNotFoundError(f"predictions: folder not found: {predictions}")
+    checked = []
+    allowed = set(CASE_KEYS["required"]) | set(CASE_KEYS["optional"])
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: case {i} must be a dict of files, got {type(entry).__name__}.")
+        label = f"{where}: case {i}" + (f" ({entry['name']})" if entry.get("name") else "")
+        missing = [k for k in CASE_KEYS["required"] if not entry.get(k)]
+        if missing:
+            raise ValueError(f"{label}: missing required key(s) {missing}; required: {list(CASE_KEYS['required'])}.")
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise ValueError(f"{label}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+        case = {"name": _case_name(entry), "modality": str(entry.get("modality") or "auto")}
+        for key in _FILE_KEYS:
+            if entry.get(key):
+                file = Path(str(entry[key]))
+                file = file if file.is_absolute() else base / file
+                if not file.is_file():
+                    raise FileNotFoundError(f"{label}: '{key}' file not found: {file}")
+                case[key] = file
+        if predictions is not None:
+            for key, suffix in PREDICTION_SUFFIXES.items():
+                file = Path(predictions).resolve() / f"{case['name']}{suffix}"
+                if not file.is_file():
+                    raise FileNotFoundError(f"{label}: prediction not found: {file} (run una-bundle infer first).")
+                case[key] = file
+        checked.append(case)
+    names = [c["name"] for c in checked]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: several cases share the name(s) {duplicates}; give each a distinct 'name'.")
+    return checked
+
+
+def _load_case(case: dict) -> dict:
+    """The case's volumes, checked to lie on the image's grid (shape, affine within 0.01 mm)."""
+    image, affine = load_volume(case["image"], f"case {case['name']}: image")
+    out = {"image": image}
+    for key in ("truth", "healthy", "anomaly_mask", "lesion", "mask"):
+        if key not in case:
+            continue
+        volume, other = load_volume(case[key], f"case {case['name']}: {key}")
+        if tuple(volume.shape) != tuple(image.shape):
+            raise ValueError(
+                f"case {case['name']}: {key} {case[key]} has shape {tuple(volume.shape)}, "
+                f"image {case['image']} has {tuple(image.shape)}."
+            )
+        if not np.allclose(other, affine, atol=0.01):
+            raise ValueError(f"case {case['name']}: {key} {case[key]} is not on the grid (affine) of the image.")
+        out[key] = volume
+    return out
+
+
+def evaluate_case(case: dict) -> dict:
+    """Metrics of one checked case with its predictions: model and identity-baseline L1/PSNR/SSIM, and Dice."""
+    vol = _load_case(case)
+    brain = vol["mask"] > 0 if "mask" in vol else vol["truth"] > 0
+    if not bool(brain.any()):
+        raise ValueError(f"case {case['name']}: the brain mask is empty ({case.get('mask', case['truth'])}).")
+    truth = normalize_intensity(vol["truth"], brain)
+    row = {"case": case["name"]}
+    for prefix, key in (("", "healthy"), ("baseline_", "image")):
+        pred = normalize_intensity(vol[key], brain)
+        row[f"{prefix}l1"] = float(brain_l1(pred, truth, brain))
+        row[f"{prefix}psnr"] = float(brain_psnr(pred, truth, brain))
+        row[f"{prefix}ssim"] = float(brain_ssim(pred, truth, brain))
+    row["dice"] = float(dice(vol["anomaly_mask"], vol["lesion"])) if "lesion" in vol else float("nan")
+    return row
+
+
+COLUMNS = ("case", "l1", "psnr", "ssim", "dice", "baseline_l1", "baseline_psnr", "baseline_ssim")
+
+
+def _summary(rows: list[dict]) -> dict:
+    """``{column: {"mean", "std", "n"}}`` over the finite values (sample std; 0 for one value)."""
+    out = {}
+    for col in COLUMNS[1:]:
+        values = np.array([r[col] for r in rows], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        n = len(values)
+        out[col] = {
+            "mean": float(values.mean()) if n else float("nan"),
+            "std": float(values.std(ddof=1)) if n > 1 else 0.0 if n else float("nan"),
+            "n": n,
+        }
+    return out
+
+
+def _fmt(value: float, col: str) -> str:
+    if not math.isfinite(value):
+        return "" if math.isnan(value) else str(value)
+    return f"{value:.2f}" if "psnr" in col else f"{value:.4f}"
+
+
+def _csv_value(value: float) -> str:
+    """Full precision; empty for NaN (no lesion), ``inf`` for a perfect PSNR."""
+    return "" if math.isnan(value) else repr(float(value))
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([row["case"]] + [_csv_value(row[c]) for c in COLUMNS[1:]])
+    return buffer.getvalue()
+
+
+def _markdown(rows: list[dict], summary: dict) -> str:
+    header = ["case", "L1", "PSNR", "SSIM", "Dice", "L1 (baseline)", "PSNR (baseline)", "SSIM (baseline)"]
+    lines = [
+        "# Evaluation",
+        "",
+        "Reconstruction vs healthy truth inside the brain (intensities normalised to [0, 1]; SSIM: Gaussian window "
+        "sigma 5). Baseline: the input itself as the reconstruction (no baseline Dice: its anomaly map is zero). "
+        "Dice: anomaly mask vs lesion (blank without a lesion mask).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join([str(row["case"])] + [_fmt(row[c], c) for c in COLUMNS[1:]]) + " |")
+    stats = [
+        f"{_fmt(summary[c]['mean'], c)} ± {_fmt(summary[c]['std'], c)}" if summary[c]["n"] else "" for c in COLUMNS[1:]
+    ]
+    lines.append(f"| **mean ± std** (n={len(rows)}) | " + " | ".join(stats) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _boxplots(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6))
+    for ax, (col, title, higher) in zip(axes, METRICS):
+        series, labels = [], []
+        for prefix, label in (("", "model"), ("baseline_", "baseline")):
+            if prefix + col not in rows[0]:
+                continue
+            values = np.array([r[prefix + col] for r in rows], dtype=np.float64)
+            series.append(values[np.isfinite(values)])
+            labels.append(label)
+        if all(len(s) == 0 for s in series):
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.boxplot(series, showmeans=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels)
+        ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+    fig.suptitle(f"Brain-masked metrics, {len(rows)} case(s)", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_text(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _predict(checked: list[dict], folder: Path, overwrite: bool, inference: dict) -> None:
+    """Run inference on every case into ``folder``, one call per modality; adds the prediction paths to the cases."""
+    from .inference import run_inference
+
+    for modality in dict.fromkeys(c["modality"] for c in checked):
+        group = [c for c in checked if c["modality"] == modality]
+        masks = [c.get("mask") for c in group]
+        run_inference(
+            [c["image"] for c in group],
+            folder,
+            modality=modality,
+            mask=masks if any(m is not None for m in masks) else None,
+            overwrite=overwrite,
+            **inference,
+        )
+    for case in checked:
+        case.update({key: folder / f"{case['name']}{suffix}" for key, suffix in PREDICTION_SUFFIXES.items()})
+
+
+def run_evaluation(
+    cases: str | Sequence[dict],
+    output_dir: str | Path,
+    predictions: str | Path | None = None,
+    overwrite: bool = False,
+    inference: dict | None = None,
+) -> dict:
+    """Score UNA on cases with known answers; write ``metrics.csv``, ``metrics.md`` and ``metrics_boxplots.png``.
+
+    Args:
+        cases: a JSON file holding a list of cases, or the list itself (keys: module docstring).
+        output_dir: folder for the outputs (created).
+        predictions: a folder of ``una-bundle infer`` outputs for these cases; ``None``: run inference now, into
+            ``output_dir/predictions``.
+        overwrite: replace existing outputs (metrics, and predictions made here).
+        inference: keyword arguments of ``run_inference`` when inference runs here (``checkpoint``, ``device``,
+            ``spacing``, ...).
+
+    Returns:
+        ``{"cases": [row per case], "summary": {column: {"mean", "std", "n"}}, "files": [paths]}``; a row holds
+        ``l1``, ``psnr``, ``ssim``, ``dice`` (NaN without a lesion) and ``baseline_l1/psnr/ssim``.
+    """
+    out = Path(output_dir)
+    paths = [out / name for name in OUTPUT_FILES]
+    checked = load_cases(cases, predictions)  # all inputs checked before anything is written
+    check_writable(paths, overwrite)
+    if predictions is None:
+        _predict(checked, out / "predictions", overwrite, dict(inference or {}))
+    rows = [evaluate_case(case) for case in checked]
+    summary = _summary(rows)
+    _write_text(_csv_text(rows), paths[0])
+    _write_text(_markdown(rows, summary), paths[1])
+    _boxplots(rows, paths[2])
+    return {"cases": rows, "summary": summary, "files": [str(p) for p in paths]}
+
+
+def evaluate(
+    cases: str,
+    output_dir: str,
+    predictions: str | None = None,
+    overwrite: bool = False,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    config: str | None = None,
+    spacing=None,
+    roi_size=None,
+    levels: int | None = None,
+    features: int | None = None,
+) -> str:
+    """Score UNA on cases with known answers (a JSON list of ``{image, truth, lesion?, mask?, modality?, name?}``);
+    returns the markdown table, also written with ``metrics.csv`` and ``metrics_boxplots.png`` into ``output_dir``.
+
+    Without ``predictions`` it runs inference itself (``checkpoint``, ``device``, ``config``, ``spacing``,
+    ``roi_size``, ``levels``, ``features`` as for ``una-bundle infer``) into ``output_dir/predictions``; with it, it
+    reads ``NAME_healthy.nii.gz`` and ``NAME_anomaly_mask.nii.gz`` from that folder. See :func:`run_evaluation`.
+    """
+    settings = {"checkpoint": checkpoint, "device": device, "config": config, "spacing": spacing}
+    settings.update(roi_size=roi_size, levels=levels, features=features)
+    result = run_evaluation(
+        cases, output_dir, predictions, overwrite, {k: v for k, v in settings.items() if v is not None}
+    )
+    return Path(result["files"][1]).read_text()
