@@ -1,0 +1,163 @@
+"""Benchmark: seconds per training iteration and peak memory of UNA's training step, per profile.
+
+    python benchmarks/bench_training.py                      # CPU profile; + the full profile when CUDA is there
+    python benchmarks/bench_training.py --profiles cpu full --steps 5
+
+One iteration is what ``SupervisedTrainer`` does per batch of ``configs/train.yaml``: UNANet forward, ``UNALoss``
+(weighted L1 + gradient L1), backward, gradient-norm clipping and an AdamW step, on random tensors of the crop size
+(batch 1). Profiles:
+
+* ``cpu``: the CPU profile (``scripts.training.CPU_PROFILE``): 64^3 crops, 4 levels, 16 features, float32, one
+  intra-op thread;
+* ``full``: the default config: 160^3 crops, 6 levels, 64 features capped at 512, AMP (float16 autocast with a
+  ``GradScaler``), CUDA only.
+
+Each profile runs in a fresh child process, so its peak memory is its own: the peak resident set size
+(``resource.getrusage``) on the CPU, with the RSS after start-up (torch loaded, no network) shown beside it, and
+``torch.cuda.max_memory_allocated`` on a GPU. The data pipeline is timed by ``bench_training_data.py``. Prints a
+markdown table and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+PROFILES = {
+    "cpu": dict(crop=64, levels=4, features=16, max_features=512, amp=False, device="cpu", threads=1),
+    "full": dict(crop=160, levels=6, features=64, max_features=512, amp=True, device="cuda", threads=None),
+}
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process (Linux ``/proc``), MiB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(profile: str, steps: int, warmup: int) -> dict:
+    """Time ``steps`` iterations of ``profile`` after ``warmup`` ones; returns the row of the table."""
+    from una_bundle.scripts.losses import UNALoss
+    from una_bundle.scripts.network import UNANet
+
+    p = PROFILES[profile]
+    if p["threads"] is not None:
+        torch.set_num_threads(p["threads"])
+    device = torch.device(p["device"])
+    baseline = rss_mib()
+    torch.manual_seed(0)
+    net = UNANet(
+        in_channels=2, out_channels=1, levels=p["levels"], features=p["features"], max_features=p["max_features"]
+    )
+    net = net.to(device)
+    loss_fn = UNALoss(gradient_weight=1.0)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
+    scaler = torch.amp.GradScaler("cuda") if p["amp"] else None
+    shape = (1, 1) + (p["crop"],) * 3
+    image = torch.rand((1, 2) + shape[2:], device=device)
+    target, weight = torch.rand(shape, device=device), 1 + torch.rand(shape, device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=p["amp"]):
+            loss = loss_fn(net(image), target, weight)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    row = {
+        "profile": profile,
+        "crop": f"{p['crop']}^3",
+        "network": f"{p['levels']} levels, {p['features']} features (max {p['max_features']})",
+        "parameters_M": net.num_parameters() / 1e6,
+        "amp": p["amp"],
+        "threads": torch.get_num_threads(),
+        "s_per_iteration": sorted(times)[len(times) // 2],
+        "s_min": min(times),
+    }
+    if device.type == "cuda":
+        row["peak_memory"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA allocated)"
+    else:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+        row["peak_memory"] = f"{peak / 2**10:.2f} GiB RSS ({baseline / 2**10:.2f} GiB at start)"
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), help="default: cpu, and full on CUDA")
+    parser.add_argument("--steps", type=int, default=5, help="timed iterations (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--child", choices=sorted(PROFILES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:  # one profile, in its own process: print its row as JSON
+        print(json.dumps(measure(args.child, args.steps, args.warmup)))
+        return
+
+    cuda = torch.cuda.is_available()
+    profiles = args.profiles or (["cpu", "full"] if cuda else ["cpu"])
+    gpu = torch.cuda.get_device_name(0) if cuda else "none"
+    load = os.getloadavg()[0]
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs (load average {load:.1f}), torch {torch.__version__}, GPU: {gpu}\n")
+    rows = []
+    for profile in profiles:
+        if PROFILES[profile]["device"] == "cuda" and not cuda:
+            print(f"skipping profile '{profile}': it needs CUDA")
+            continue
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            profile,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"profile '{profile}' failed:\n{result.stderr[-3000:]}")
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    print("| profile | crop | network | parameters | AMP | threads | s/iteration (median) | fastest | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['profile']} | {r['crop']} | {r['network']} | {r['parameters_M']:.2f} M | {r['amp']} | "
+            f"{r['threads']} | {r['s_per_iteration']:.2f} | {r['s_min']:.2f} | {r['peak_memory']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

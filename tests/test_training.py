@@ -1,0 +1,261 @@
+"""The training workflow (configs/train.yaml, multi_gpu_train.yaml, scripts/training.py) on a tiny crop of the 3 mm
+demo data: 32^3 patches, a 2-level U-Net with 8 features, so every run takes seconds on 2 CPU cores."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import MetaTensor
+
+from una_bundle.scripts import cli
+from una_bundle.scripts import training as training_module
+from una_bundle.scripts.datalist import load_datalist
+from una_bundle.scripts.training import (
+    BUNDLE_ROOT,
+    BrainMetric,
+    PrepareBatch,
+    latest_checkpoint,
+    train,
+    training_workflow,
+)
+
+#: Overrides on top of the CPU profile: a tiny network on 32^3 crops, no loader workers.
+TINY = {
+    "roi_size": [32, 32, 32],
+    "crop_size": [32, 32, 32],
+    "network_def#levels": 2,
+    "network_def#features": 8,
+    "num_workers": 0,
+    "log_interval": 1,
+}
+CLI_TINY = [arg for key, value in TINY.items() for arg in (f"--{key}", json.dumps(value))]
+
+
+@pytest.fixture
+def restore_threads():
+    """The CPU profile sets torch's thread count in-process (num_threads: 1); put it back afterwards."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def flip_cache(tmp_path_factory):
+    """One flip-registration cache for all runs of this module (the matrices depend only on the subjects)."""
+    return str(tmp_path_factory.mktemp("flip_cache"))
+
+
+def _workflow(dataset, output_dir, flip_cache, tracking=None, **overrides):
+    settings = {**TINY, "flip_cache_dir": flip_cache, **overrides}
+    return training_workflow(dataset.parent, output_dir, profile="cpu", tracking=tracking, **settings)
+
+
+# --- small pieces -----------------------------------------------------------------------------------------------------
+
+
+def test_prepare_batch_gives_plain_tensors_and_a_label_dict():
+    batch = {
+        "image": MetaTensor(torch.rand(1, 2, 4, 4, 4)),
+        "target": MetaTensor(torch.rand(1, 1, 4, 4, 4)),
+        "weight": torch.ones(1, 1, 4, 4, 4),
+        "mask": torch.ones(1, 1, 4, 4, 4),
+        "modality": ["T1"],
+    }
+    image, label = PrepareBatch(label_keys=["target", "weight", "lesion", "mask"])(batch, device="cpu")
+    assert type(image) is torch.Tensor and torch.equal(image, batch["image"].as_tensor())
+    assert set(label) == {"target", "weight", "mask", "image"}  # "lesion" is absent from the batch: skipped
+    assert all(type(v) is torch.Tensor for v in label.values())
+    assert label["image"] is image and torch.equal(label["target"], batch["target"].as_tensor())
+    with pytest.raises(ValueError, match="no 'image' key"):
+        PrepareBatch()({"target": batch["target"]})
+
+
+def test_brain_metric_counts_only_brain_voxels():
+    target = torch.zeros(1, 1, 16, 16, 16)
+    mask = torch.zeros_like(target)
+    mask[..., 4:12, 4:12, 4:12] = 1
+    target[mask > 0] = 0.5
+    pred = target.clone()
+    pred[mask > 0] += 0.1  # error 0.1 inside the brain ...
+    pred[mask == 0] = 1.0  # ... and a huge one outside, which must not count
+    y = torch.cat([target, mask], dim=1)
+    values = {}
+    for name in ("l1", "psnr", "ssim"):
+        metric = BrainMetric(metric=name, kernel_size=3)
+        metric(y_pred=pred, y=y)
+        values[name] = float(metric.aggregate())
+    assert values["l1"] == pytest.approx(0.1, abs=1e-6)
+    assert values["psnr"] == pytest.approx(20.0, abs=1e-4)  # -10 log10(0.1^2)
+    perfect = BrainMetric(metric="ssim", kernel_size=3)
+    perfect(y_pred=target, y=y)
+    assert float(perfect.aggregate()) == pytest.approx(1.0, abs=1e-5) and values["ssim"] < 1.0
+    empty = BrainMetric(metric="l1")
+    empty(y_pred=pred, y=torch.cat([target, torch.zeros_like(mask)], dim=1))
+    assert torch.isnan(empty.get_buffer()).all()  # an empty mask gives NaN, skipped by the mean
+    with pytest.raises(ValueError, match="target \\+ brain mask"):
+        BrainMetric()(y_pred=pred, y=target)
+
+
+def test_latest_checkpoint_skips_incomplete_files(tmp_path):
+    assert latest_checkpoint(tmp_path / "missing") is None
+    torch.save({"x": torch.zeros(1)}, tmp_path / "checkpoint_epoch=1.pt")
+    (tmp_path / "checkpoint_epoch=2.pt").write_bytes(b"PK\x03\x04 cut short")  # newer, but truncated
+    (tmp_path / "model.pt").write_bytes(b"")  # not a resume checkpoint
+    os.utime(tmp_path / "checkpoint_epoch=1.pt", (1, 1))
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=1.pt")
+    torch.save({"x": torch.ones(1)}, tmp_path / "checkpoint_final.pt")
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_final.pt")
+
+
+def test_training_workflow_rejects_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="datalist.json"):
+        training_workflow(tmp_path, tmp_path / "out")
+    (tmp_path / "datalist.json").write_text("{}")
+    with pytest.raises(ValueError, match="profile"):
+        training_workflow(tmp_path, tmp_path / "out", profile="gpu")
+
+
+# --- training runs ----------------------------------------------------------------------------------------------------
+
+
+def test_seeded_smoke_training_loss_decreases(demo_3mm, flip_cache, tmp_path, restore_threads):
+    workflow = _workflow(
+        demo_3mm, tmp_path / "run", flip_cache, learning_rate=3e-3, epoch_length=30, max_epochs=1, val_interval=10
+    )
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    workflow.run()
+    workflow.finalize()
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first, losses
+
+
+def test_resume_continues_iteration_and_optimiser_state_and_logs_to_mlflow(
+    demo_3mm, flip_cache, tmp_path, restore_threads
+):
+    mlflow = pytest.importorskip("mlflow")
+    out = tmp_path / "run"
+    settings = dict(epoch_length=3, val_interval=1, tracking="mlflow")
+    train(demo_3mm.parent, out, profile="cpu", **{**TINY, "flip_cache_dir": flip_cache, "max_epochs": 1, **settings})
+    saved_path = latest_checkpoint(out / "models")
+    assert saved_path is not None and Path(saved_path).name == "checkpoint_final.pt"
+    saved = torch.load(saved_path, map_location="cpu", weights_only=False)
+    assert saved["trainer"]["iteration"] == 3 and saved["optimizer"]["state"]
+
+    # the "interrupted" run goes on to 2 epochs in the same output folder
+    workflow = _workflow(demo_3mm, out, flip_cache, max_epochs=2, **settings)
+    assert workflow.parser.get_parsed_content("resume_from") == saved_path
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    restored = {}
+
+    def record(engine):  # attached after the checkpoint loader: sees the restored state
+        restored.update(
+            iteration=engine.state.iteration,
+            epoch=engine.state.epoch,
+            optimizer=copy.deepcopy(engine.optimizer.state_dict()),
+            model={k: v.clone() for k, v in engine.network.state_dict().items()},
+        )
+
+    trainer.add_event_handler(Events.STARTED, record)
+    workflow.run()
+    workflow.finalize()
+    assert (restored["iteration"], restored["epoch"]) == (3, 1)
+    assert trainer.state.iteration == 6 and trainer.state.epoch == 2
+    opt_saved, opt_restored = saved["optimizer"], restored["optimizer"]
+    assert opt_restored["param_groups"] == opt_saved["param_groups"]
+    assert opt_restored["state"].keys() == opt_saved["state"].keys()
+    for index, state in opt_saved["state"].items():
+        for name, value in state.items():
+            assert torch.equal(opt_restored["state"][index][name], value), (index, name)
+    for name, value in saved["model"].items():
+        assert torch.equal(restored["model"][name], value), name
+
+    # MLflow: one run per invocation in <output_dir>/mlruns.db, with losses, validation metrics, params and QC images
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("una_training")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attribute.start_time ASC"])
+    assert len(runs) == 2
+    for run in runs:
+        for metric in ("train_loss", "train_loss_l1", "train_loss_gradient", "val_l1", "val_psnr", "val_ssim"):
+            assert metric in run.data.metrics, (metric, sorted(run.data.metrics))
+        assert run.data.params["roi_size"] == "[32, 32, 32]" and run.data.params["levels"] == "2"
+        assert run.data.params["learning_rate"] == "0.0001"
+        config = [a.path for a in client.list_artifacts(run.info.run_id, "config")]
+        assert len(config) == 1 and config[0].startswith("config/config_") and config[0].endswith(".json")
+    resumed = client.get_metric_history(runs[1].info.run_id, "train_loss")
+    assert sorted(m.step for m in resumed) == [4, 5, 6]  # the second run logs iterations 4-6 only
+    val_l1 = client.get_metric_history(runs[1].info.run_id, "val_l1")
+    assert 0 < val_l1[-1].value < 1
+    assert [a.path for a in client.list_artifacts(runs[1].info.run_id, "qc")] == ["qc/validation_epoch_0002.png"]
+    assert (out / "models" / "model.pt").is_file()
+
+
+def test_monai_bundle_run_training_exits_0(demo_3mm, flip_cache, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "monai.bundle", "run", "training"]
+    command += ["--config_file", str(BUNDLE_ROOT / "configs" / "train.yaml")]
+    command += ["--logging_file", str(BUNDLE_ROOT / "configs" / "logging.conf"), "--bundle_root", str(BUNDLE_ROOT)]
+    command += ["--dataset_dir", str(demo_3mm.parent), "--output_dir", str(out), "--flip_cache_dir", flip_cache]
+    command += CLI_TINY + ["--epoch_length", "2", "--max_epochs", "1", "--val_interval", "1", "--num_threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "models" / "checkpoint_final.pt").is_file() and (out / "models" / "model.pt").is_file()
+    assert (out / "qc" / "validation_epoch_0001.png").is_file()
+
+
+def test_two_process_gloo_training(demo_3mm, flip_cache, tmp_path):
+    # two validation subjects, one per process (the demo fixture has one: add a training subject)
+    data = json.loads(demo_3mm.read_text())
+    subjects = {s: load_datalist(demo_3mm, s, check_files=False) for s in ("training", "validation")}
+    data.update(training=subjects["training"], validation=subjects["validation"] + subjects["training"][:1])
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(data))
+    out = tmp_path / "run"
+    configs = [str(BUNDLE_ROOT / "configs" / name) for name in ("train.yaml", "multi_gpu_train.yaml")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    command += ["-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs)]
+    command += ["--logging_file", str(BUNDLE_ROOT / "configs" / "logging.conf"), "--bundle_root", str(BUNDLE_ROOT)]
+    command += ["--dataset_dir", str(demo_3mm.parent), "--datalist", str(datalist), "--output_dir", str(out)]
+    command += ["--flip_cache_dir", flip_cache, "--tracking", "mlflow"]
+    command += CLI_TINY + ["--epoch_length", "2", "--max_epochs", "2", "--val_interval", "2", "--num_threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    # rank 0 alone saves (the saver is disabled on rank 1) and tracks: one "Saved checkpoint" line per epoch, one run
+    assert log.count("Saved checkpoint at epoch: 1") == 1 and log.count("Saved checkpoint at epoch: 2") == 1
+    assert log.count("Got new best metric of val_l1") == 2  # each process gathers the metrics of both cases
+    saved = torch.load(out / "models" / "checkpoint_final.pt", map_location="cpu", weights_only=False)
+    assert saved["trainer"]["iteration"] == 4
+    assert not any(key.startswith("module.") for key in saved["model"])  # the DDP wrapper is not saved
+    mlflow = pytest.importorskip("mlflow")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("una_training").experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
+
+
+# --- command line -----------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_passes_arguments_and_maps_user_errors(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(training_module, "train", lambda *args, **kwargs: calls.append((args, kwargs)) or "out")
+    cli.main(["train", "--dataset_dir", "data", "--output_dir", "out", "--profile", "cpu", "--max_epochs", "3"])
+    cli.main(["train", "data", "--overrides", '{"network_def#levels": 3}', "--noresume", "--tracking", "mlflow"])
+    assert calls[0][1]["profile"] == "cpu" and calls[0][1]["max_epochs"] == 3 and calls[0][0] == ("data",)
+    assert calls[1][1]["network_def#levels"] == 3 and calls[1][1]["resume"] is False
+    assert calls[1][1]["tracking"] == "mlflow" and "max_epochs" not in calls[1][1]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--dataset_dir", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and "datalist.json" in capsys.readouterr().err
