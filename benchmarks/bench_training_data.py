@@ -97,8 +97,10 @@ def main():
             rate = pipeline_rate(config, cached, workers, args.samples, device)
             print(f"| {roi} | {args.spacing:g} mm | {device.type} | {workers} | {rate:.2f} |")
     steps = step_rate(args.roi, args.levels, args.features, device)
-    print(f"\ntraining step (UNANet levels={args.levels}, features={args.features}, batch 1, {roi}, {device.type}): "
-          f"{steps:.3f} steps/s ({1 / steps:.2f} s/step)")
+    print(
+        f"\ntraining step (UNANet levels={args.levels}, features={args.features}, batch 1, {roi}, {device.type}): "
+        f"{steps:.3f} steps/s ({1 / steps:.2f} s/step)"
+    )
 
 
 if __name__ == "__main__":

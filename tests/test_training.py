@@ -87,12 +87,12 @@ def test_brain_metric_counts_only_brain_voxels():
     y = torch.cat([target, mask], dim=1)
     values = {}
     for name in ("l1", "psnr", "ssim"):
-        metric = BrainMetric(metric=name, kernel_size=3)
+        metric = BrainMetric(metric=name)
         metric(y_pred=pred, y=y)
         values[name] = float(metric.aggregate())
     assert values["l1"] == pytest.approx(0.1, abs=1e-6)
     assert values["psnr"] == pytest.approx(20.0, abs=1e-4)  # -10 log10(0.1^2)
-    perfect = BrainMetric(metric="ssim", kernel_size=3)
+    perfect = BrainMetric(metric="ssim")
     perfect(y_pred=target, y=y)
     assert float(perfect.aggregate()) == pytest.approx(1.0, abs=1e-5) and values["ssim"] < 1.0
     empty = BrainMetric(metric="l1")

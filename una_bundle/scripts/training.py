@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import threading
 import time
@@ -43,10 +42,11 @@ import torch.distributed as dist
 from monai.data import MetaTensor
 from monai.handlers import CheckpointLoader, CheckpointSaver, MLFlowHandler
 from monai.metrics import CumulativeIterationMetric
-from monai.metrics.regression import compute_mean_error_metrics, compute_ssim_and_cs
 from monai.metrics.utils import do_metric_reduction
 from monai.transforms import Compose, Transform
 from monai.utils import CommonKeys, MetricReduction
+
+from .metrics import brain_l1, brain_psnr, brain_ssim
 
 __all__ = [
     "CPU_PROFILE",
@@ -336,41 +336,31 @@ class BrainMetric(CumulativeIterationMetric):
     """L1, PSNR or SSIM between a prediction and its target *inside the brain*, per case then averaged.
 
     ``y`` carries the target and, as its **last channel**, the brain mask (see :func:`brain_metric_inputs`):
-    ``y_pred`` ``[B, C, X, Y, Z]``, ``y`` ``[B, C + 1, X, Y, Z]``.
-
-    * ``"l1"``: mean ``|pred - target|`` over the brain voxels (MONAI's ``compute_mean_error_metrics``, as MAEMetric);
-    * ``"psnr"``: ``20 log10(data_range) - 10 log10(MSE)`` over the brain voxels (as MONAI's ``PSNRMetric``);
-    * ``"ssim"``: MONAI's SSIM map (``compute_ssim_and_cs``, Gaussian window ``kernel_size`` / ``kernel_sigma`` as
-      ``SSIMMetric``'s defaults) averaged over the brain voxels the valid map covers.
-
-    A case with an empty mask gives NaN, which the mean reduction skips.
+    ``y_pred`` ``[B, C, X, Y, Z]``, ``y`` ``[B, C + 1, X, Y, Z]``. The values are those of :mod:`.metrics`
+    (``brain_l1``, ``brain_psnr``, ``brain_ssim``: the same definitions as ``una-bundle evaluate``); a case with an
+    empty mask gives NaN, which the mean reduction skips.
 
     Args:
         metric: ``"l1"``, ``"psnr"`` or ``"ssim"``.
         data_range: intensity range (1 for the [0, 1] targets).
-        kernel_size, kernel_sigma: SSIM window.
         reduction: MONAI ``MetricReduction`` over the cases.
         get_not_nans: also return the number of non-NaN cases from :meth:`aggregate`.
     """
 
-    _METRICS = ("l1", "psnr", "ssim")
+    _METRICS = {"l1": brain_l1, "psnr": brain_psnr, "ssim": brain_ssim}
 
     def __init__(
         self,
         metric: str = "l1",
         data_range: float = 1.0,
-        kernel_size: int = 11,
-        kernel_sigma: float = 1.5,
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
     ) -> None:
         super().__init__()
         if metric not in self._METRICS:
-            raise ValueError(f"metric must be one of {self._METRICS}, got {metric!r}.")
+            raise ValueError(f"metric must be one of {tuple(self._METRICS)}, got {metric!r}.")
         self.metric = metric
         self.data_range = float(data_range)
-        self.kernel_size = int(kernel_size)
-        self.kernel_sigma = float(kernel_sigma)
         self.reduction = reduction
         self.get_not_nans = get_not_nans
 
@@ -382,36 +372,11 @@ class BrainMetric(CumulativeIterationMetric):
             )
         if y.shape[2:] != y_pred.shape[2:]:
             raise ValueError(f"BrainMetric: spatial shapes differ, {tuple(y_pred.shape)} vs {tuple(y.shape)}.")
-        pred = torch.as_tensor(y_pred).float()
-        target = torch.as_tensor(y[:, :-1]).float()
-        mask = torch.as_tensor(y[:, -1:]) > 0.5
-        values = [self._case(p[None], t[None], m[None]) for p, t, m in zip(pred, target, mask)]
-        return torch.stack(values).reshape(-1, 1)
-
-    def _case(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        nan = pred.new_tensor(float("nan"))
-        if self.metric == "ssim":
-            dims = pred.dim() - 2
-            ssim, _ = compute_ssim_and_cs(
-                pred,
-                target,
-                spatial_dims=dims,
-                kernel_size=[self.kernel_size] * dims,
-                kernel_sigma=[self.kernel_sigma] * dims,
-                data_range=self.data_range,
-            )
-            r = self.kernel_size // 2  # the map covers the voxels at least r from the border
-            inner = mask[(slice(None), slice(None)) + tuple(slice(r, r + s) for s in ssim.shape[2:])]
-            inner = inner.expand_as(ssim)
-            return ssim[inner].mean() if inner.any() else nan
-        inside = mask.expand_as(pred)
-        if not inside.any():
-            return nan
-        p, t = pred[inside][None], target[inside][None]
-        if self.metric == "l1":
-            return compute_mean_error_metrics(p, t, func=torch.abs)[0, 0]
-        mse = compute_mean_error_metrics(p, t, func=torch.square)[0, 0]
-        return 20 * math.log10(self.data_range) - 10 * torch.log10(mse.clamp_min(1e-12))
+        args = (torch.as_tensor(y_pred), torch.as_tensor(y[:, :-1]), torch.as_tensor(y[:, -1:]) > 0.5)
+        kwargs = {"spatial_dims": y_pred.dim() - 2}
+        if self.metric != "l1":
+            kwargs["data_range"] = self.data_range
+        return self._METRICS[self.metric](*args, **kwargs).reshape(-1, 1)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> Any:
         data = self.get_buffer()
