@@ -25,42 +25,27 @@ import numpy as np
 import torch
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts.inference import run_inference
+from una_bundle.scripts.inference import read_state_dict, run_inference
 from una_bundle.scripts.network import UNANet
 
 
-def _checkpoint(folder: Path, levels: int, features: int, max_features: int | None) -> tuple[Path, str]:
-    """The shipped checkpoint when it fits ``UNANet(levels, features)``, else random weights saved in ``folder``."""
-    kwargs = {"levels": levels, "features": features}
-    if max_features is not None:
-        kwargs["max_features"] = max_features
-    network = UNANet(**kwargs)
+def _checkpoint(folder: Path, net: dict) -> tuple[Path, str]:
+    """The shipped checkpoint when it fits the network, else random weights saved in ``folder``."""
+    network = UNANet(levels=net["levels"], features=net["features"], max_features=net["max_features"])
     shipped = BUNDLE_ROOT / "models" / "model.pt"
     if shipped.is_file():
         try:
-            state = torch.load(str(shipped), map_location="cpu", weights_only=True)
-            state = state.get("model", state) if isinstance(state, dict) else state
-            network.load_state_dict(state, strict=True)
+            network.load_state_dict(read_state_dict(shipped), strict=True)
             return shipped, "shipped models/model.pt"
-        except (RuntimeError, ValueError, KeyError, AttributeError):
+        except (RuntimeError, ValueError):
             pass
-    path = folder / f"random_{levels}_{features}.pt"
+    path = folder / f"random_{net['levels']}_{net['features']}.pt"
     torch.manual_seed(0)
     torch.save(network.state_dict(), str(path))
     return path, "random weights (models/model.pt absent or another network)"
 
 
 def _run(image: Path, out: Path, device: str, spacing: float, net: dict, ckpt: Path) -> dict:
-    overrides = {}
-    if net.get("max_features") is not None:
-        overrides["network_def"] = {
-            "_target_": "scripts.network.UNANet",
-            "in_channels": 2,
-            "out_channels": 1,
-            "levels": net["levels"],
-            "features": net["features"],
-            "max_features": net["max_features"],
-        }
     start = time.perf_counter()
     report = run_inference(
         image,
@@ -71,7 +56,7 @@ def _run(image: Path, out: Path, device: str, spacing: float, net: dict, ckpt: P
         roi_size=net["roi_size"],
         levels=net["levels"],
         features=net["features"],
-        overrides=overrides,
+        overrides={"max_features": net["max_features"]},
         overwrite=True,
         quiet=True,
     )[0]
@@ -103,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from nilearn.datasets import load_mni152_template
 
-    cpu = {"levels": 4, "features": 16, "roi_size": [128, 128, 128], "max_features": None}
+    cpu = {"levels": 4, "features": 16, "roi_size": [96, 112, 96], "max_features": 512}
     full = {"levels": 6, "features": 64, "roi_size": [160, 160, 160], "max_features": 512}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -116,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             settings.append(("cuda", 1.0, full))
         columns, notes = {}, []
         for device, spacing, net in settings:
-            ckpt, weights = _checkpoint(folder, net["levels"], net["features"], net["max_features"])
+            ckpt, weights = _checkpoint(folder, net)
             if device == "cuda":
                 _run(image, folder / "warmup", device, spacing, net, ckpt)  # CUDA context, cuDNN autotuning
             report = _run(image, folder / "out", device, spacing, net, ckpt)

@@ -436,3 +436,16 @@ def test_cli_and_bundle_run_give_the_same_healthy_image(case, tmp_path, unanet_c
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "output exists" in again.stderr and "sub-01_healthy.nii.gz" in again.stderr
     assert (bundle_out / "sub-01_healthy.nii.gz").stat().st_mtime_ns == before
+
+
+def test_best_model_checkpoint_of_training_loads_directly(case, tmp_path, unanet_ckpt):
+    """Training's models/model.pt (CheckpointSaver with the key metric) also holds ignite's "checkpointer" state."""
+    path, _ = case
+    state = torch.load(unanet_ckpt, weights_only=True)
+    state = state.get("model", state)
+    best = tmp_path / "model.pt"
+    torch.save({**state, "checkpointer": {"saved": [(0.1, "model.pt")]}}, best)
+    plain = run_inference(path, tmp_path / "plain", checkpoint=unanet_ckpt, quiet=True, qc=False, **FAST)
+    mixed = run_inference(path, tmp_path / "best", checkpoint=best, quiet=True, qc=False, **FAST)
+    read = [np.asarray(nib.load(reports[0]["outputs"]["healthy"]).dataobj) for reports in (plain, mixed)]
+    assert np.array_equal(read[0], read[1])

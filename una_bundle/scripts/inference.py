@@ -510,7 +510,8 @@ def _ensure_scripts_importable() -> None:
         sys.path.insert(0, str(BUNDLE_ROOT))
 
 
-def _state_dict(path: Path) -> dict:
+def read_state_dict(path: Path) -> dict:
+    """The network weights in a checkpoint file: a state dict, or one under ``model``/``network``/``state_dict``."""
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
@@ -521,6 +522,8 @@ def _state_dict(path: Path) -> dict:
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
+    if isinstance(ckpt, dict):  # a best-metric checkpoint of training also holds ignite's "checkpointer" state
+        ckpt = {k: v for k, v in ckpt.items() if k != "checkpointer"}
     if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"checkpoint {path} holds no state dict (a dict of tensors, or one under 'model').")
     return ckpt
@@ -573,7 +576,7 @@ def load_pipeline(
 
 
 def _load_weights(network: torch.nn.Module, path: Path) -> None:
-    state = _state_dict(check_checkpoint(path))
+    state = read_state_dict(check_checkpoint(path))
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
