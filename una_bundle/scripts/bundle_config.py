@@ -12,9 +12,28 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from .. import BUNDLE_ROOT
+#: The bundle root (``configs/``, ``scripts/``, ``models/``), computed here: this package is also imported as
+#: ``scripts`` (the bundle root on ``sys.path``), where ``una_bundle`` is out of reach.
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["load_config"]
+__all__ = ["BUNDLE_ROOT", "load_config", "make_scripts_importable"]
+
+
+def make_scripts_importable(bundle_root: str | Path = BUNDLE_ROOT) -> Path:
+    """Put the bundle root on ``sys.path`` (the configs say ``scripts.*``), as ``monai.bundle`` does with
+    ``PYTHONPATH``; ``ImportError`` if another package named ``scripts`` is already imported. Returns the root."""
+    root = Path(bundle_root).resolve()
+    loaded = sys.modules.get("scripts")
+    if loaded is not None:
+        where = Path(getattr(loaded, "__file__", "") or "").resolve()
+        if root not in where.parents:
+            raise ImportError(
+                f"another module named 'scripts' is already imported ({where}); the bundle's configs need the "
+                f"scripts package of {root}."
+            )
+    elif str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
 
 
 def load_config(
@@ -27,9 +46,7 @@ def load_config(
     ``bundle_root`` defaults to the installed bundle; ids such as ``dataset_dir`` or ``output_dir`` can be
     overridden to point elsewhere.
     """
-    root = Path(bundle_root).resolve()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    root = make_scripts_importable(bundle_root)
     files = [config_files] if isinstance(config_files, str) else list(config_files)
     paths = [root / "configs" / name for name in files]
     for path in paths:

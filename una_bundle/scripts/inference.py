@@ -41,7 +41,6 @@ skull-stripped CT whose background was set to 0 has no air and is taken for MR: 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -68,7 +67,9 @@ from .anomaly_scoring import (
     anomaly_mask,
     anomaly_threshold,
 )
+from .bundle_config import BUNDLE_ROOT, make_scripts_importable
 from .nifti_io import check_writable, load_volume
+from .release import file_hash
 
 __all__ = [
     "infer",
@@ -89,7 +90,6 @@ __all__ = [
     "OUTPUT_SUFFIXES",
 ]
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = BUNDLE_ROOT / "configs" / "inference.yaml"
 #: accepted ``modality`` values; only ``"ct"`` changes the processing (``"auto"``: see the module docstring)
 MODALITIES = ("auto", "ct", "mr", "t1", "t2", "flair", "pd")
@@ -495,21 +495,6 @@ def check_checkpoint(path: str | Path) -> Path:
 
 
 # --- the pipeline from the config -------------------------------------------------------------------------------------
-def _ensure_scripts_importable() -> None:
-    """The configs say ``scripts.…``: put the bundle root on ``sys.path`` as ``monai.bundle`` does."""
-    loaded = sys.modules.get("scripts")
-    if loaded is not None:
-        where = Path(getattr(loaded, "__file__", "") or "").resolve()
-        if BUNDLE_ROOT not in where.parents:
-            raise ImportError(
-                f"another module named 'scripts' is already imported ({where}); the inference config needs the "
-                f"bundle's scripts package from {BUNDLE_ROOT}."
-            )
-        return
-    if str(BUNDLE_ROOT) not in sys.path:
-        sys.path.insert(0, str(BUNDLE_ROOT))
-
-
 def read_state_dict(path: Path) -> dict:
     """The network weights in a checkpoint file: a state dict, or one under ``model``/``network``/``state_dict``."""
     try:
@@ -562,7 +547,7 @@ def load_pipeline(
         raise ValueError(f"device {device!r} is not a torch device ({err}).") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here; use device='cpu'.")
-    _ensure_scripts_importable()
+    make_scripts_importable()
     parser = ConfigParser()
     parser.read_config(str(config))
     bundle_root = config.resolve().parent.parent
@@ -693,14 +678,6 @@ def _nifti_like(data: np.ndarray, reference: nib.Nifti1Image, dtype, description
     image.set_sform(reference.header.get_sform(), code=int(reference.header["sform_code"]))
     image.set_qform(reference.header.get_qform(), code=int(reference.header["qform_code"]))
     return image
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _bundle_version(bundle_root: Path) -> str:
@@ -976,7 +953,7 @@ def run_inference(
         "spacing": [float(v) for v in parts["parser"].get_parsed_content("spacing")],
         "model": {
             "checkpoint": str(ckpt.resolve()),
-            "checkpoint_sha256": _file_hash(ckpt),
+            "checkpoint_sha256": file_hash(ckpt),
             "bundle_version": _bundle_version(parts["bundle_root"]),
             "network": type(network).__name__,
             "levels": getattr(network, "levels", None),

@@ -46,6 +46,7 @@ from monai.metrics.utils import do_metric_reduction
 from monai.transforms import Compose, Transform
 from monai.utils import CommonKeys, MetricReduction
 
+from .bundle_config import BUNDLE_ROOT, make_scripts_importable
 from .metrics import brain_l1, brain_psnr, brain_ssim
 
 __all__ = [
@@ -79,8 +80,6 @@ __all__ = [
 
 logger = logging.getLogger("una.training")
 
-#: The bundle root (``configs/``, ``scripts/``); computed here as the module is also imported as ``scripts.training``.
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 #: Overrides of ``configs/train.yaml`` for a CPU run on the 2 mm demo data (a few minutes; see docs).
 CPU_PROFILE: dict[str, Any] = {
@@ -723,18 +722,14 @@ def training_workflow(
     ``<output_dir>/mlruns.db``; ``overrides`` replace config ids (``#`` ids through a dict:
     ``**{"network_def#levels": 4}``) and win over the profile.
     """
-    import sys
-
     from monai.bundle import ConfigWorkflow, create_workflow
 
     if profile not in ("full", "cpu"):
         raise ValueError(f"profile must be 'full' or 'cpu', got {profile!r}.")
-    root = Path(bundle_root).resolve()
     datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(f"no datalist.json in dataset_dir {dataset_dir} (make one: una-bundle prepare-demo).")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    root = make_scripts_importable(bundle_root)
     settings = dict(CPU_PROFILE) if profile == "cpu" else {}
     settings.update(overrides)
     settings.update(
