@@ -15,7 +15,17 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["una_bundle", "una_bundle.*"]),
-    package_data={"una_bundle": ["configs/*", "docs/*", "models/*", "large_files.yml", "LICENSE"]},
+    package_data={
+        "una_bundle": [
+            "configs/*",
+            "docs/*",
+            "docs/figures/*",
+            "models/*",
+            "deploy/*.yaml",
+            "deploy/requirements.txt",
+            "large_files.yml",
+        ]
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.3,<2.15",
@@ -32,7 +42,12 @@ setup(
     ],
     extras_require={
         # triton runs the GPU kernel's code under its CPU interpreter in the tests (TRITON_INTERPRET=1)
-        "test": ["pytest>=7", "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
+        # jsonschema: MONAI's verify_metadata checks configs/metadata.json against the model-zoo schema with it
+        "test": [
+            "pytest>=7",
+            "jsonschema>=4",
+            "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
     },
     entry_points={"console_scripts": ["una-bundle=una_bundle.scripts.cli:main"]},
 )

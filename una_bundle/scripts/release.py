@@ -1,0 +1,149 @@
+"""The shipped model files: TorchScript export and the hashes in ``large_files.yml``.
+
+Model-zoo bundles list their weights in ``<bundle root>/large_files.yml`` (``large_files:`` entries with ``path``,
+``url``, ``hash_val``, ``hash_type``); ``python -m monai.bundle download_large_files --bundle_path <bundle root>``
+fetches every entry whose file is missing and checks the hash of every file present. This bundle commits its small
+CPU weights (``models/model.pt``) and their TorchScript export (``models/model.ts``) directly, so the file only has
+to state their hashes. After replacing ``models/model.pt`` (e.g. with newly trained weights), run::
+
+    python -m una_bundle.scripts.release            # re-export models/model.ts, rewrite the hashes
+    python -m una_bundle.scripts.release --check    # only compare: exit code 1 and the hashes to write if stale
+
+(``PYTHONPATH=una_bundle python -m scripts.release`` does the same from a checkout that is not installed.)
+The TorchScript export is ``python -m monai.bundle ckpt_export network_def`` with the bundle's inference config and
+metadata (both are stored inside ``model.ts`` as extra files), by scripting (``torch.jit.script``), not tracing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from .bundle_config import BUNDLE_ROOT, make_scripts_importable
+
+__all__ = ["file_hash", "read_large_files", "check_large_files", "update_large_files", "export_torchscript", "main"]
+
+_HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+
+
+def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
+    """Hex digest of a file (``hash_type`` one of md5, sha1, sha256, sha512, as ``monai.apps.utils.check_hash``)."""
+    if hash_type.lower() not in _HASH_TYPES:
+        raise ValueError(f"hash_type must be one of {_HASH_TYPES}, got {hash_type!r}.")
+    h = hashlib.new(hash_type.lower())
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[dict]:
+    """The entries of ``<bundle_root>/large_files.yml``, each checked to have ``path``, ``url``, ``hash_val`` and
+    ``hash_type``."""
+    yml = Path(bundle_root) / "large_files.yml"
+    if not yml.is_file():
+        raise FileNotFoundError(f"{yml} not found: a bundle lists its model files there.")
+    entries = (yaml.safe_load(yml.read_text()) or {}).get("large_files")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{yml}: expected a non-empty list under 'large_files:'.")
+    for entry in entries:
+        missing = [k for k in ("path", "url", "hash_val", "hash_type") if k not in (entry or {})]
+        if missing:
+            raise ValueError(f"{yml}: entry {entry} lacks {missing} (needs path, url, hash_val, hash_type).")
+    return entries
+
+
+def check_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[str]:
+    """One line per file of ``large_files.yml`` that is missing or whose hash differs (empty: all match)."""
+    problems = []
+    for entry in read_large_files(bundle_root):
+        path = Path(bundle_root) / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing ({path})")
+            continue
+        actual = file_hash(path, entry["hash_type"])
+        if actual != str(entry["hash_val"]):
+            problems.append(
+                f"{entry['path']}: large_files.yml says {entry['hash_type']} {entry['hash_val']}, the file has "
+                f'{actual}; write hash_val: "{actual}" (python -m una_bundle.scripts.release does it)'
+            )
+    return problems
+
+
+def update_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[str]:
+    """Rewrite each ``hash_val`` of ``large_files.yml`` to its file's current hash (the rest of the text, comments
+    included, is kept). Returns the paths whose hash changed."""
+    yml = Path(bundle_root) / "large_files.yml"
+    text = yml.read_text()
+    changed = []
+    for entry in read_large_files(bundle_root):
+        path = Path(bundle_root) / entry["path"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} (listed in {yml}) not found.")
+        actual = file_hash(path, entry["hash_type"])
+        if actual == str(entry["hash_val"]):
+            continue
+        pattern = re.compile(r"(hash_val:\s*[\"']?)" + re.escape(str(entry["hash_val"])) + r"([\"']?)")
+        text, n = pattern.subn(lambda m: m.group(1) + actual + m.group(2), text, count=1)
+        if n != 1:
+            raise ValueError(f"{yml}: could not find hash_val {entry['hash_val']} of {entry['path']} to replace.")
+        changed.append(entry["path"])
+    if changed:
+        yml.write_text(text)
+    return changed
+
+
+def export_torchscript(
+    bundle_root: str | Path = BUNDLE_ROOT, filepath: str | Path | None = None, ckpt_file: str | Path | None = None
+) -> Path:
+    """``monai.bundle.ckpt_export`` of ``network_def`` with the bundle's inference config and metadata.
+
+    Args:
+        bundle_root: the bundle folder (``configs/``, ``models/``).
+        filepath: where to write (default ``<bundle_root>/models/model.ts``).
+        ckpt_file: the weights (default ``<bundle_root>/models/model.pt``; a state dict or ``{"model": ...}``).
+    """
+    from monai.bundle import ckpt_export
+
+    root = Path(bundle_root).resolve()
+    filepath = Path(filepath) if filepath is not None else root / "models" / "model.ts"
+    ckpt_file = Path(ckpt_file) if ckpt_file is not None else root / "models" / "model.pt"
+    if not ckpt_file.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_file} not found: nothing to export.")
+    make_scripts_importable(root)  # the config's `$import scripts`
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(filepath),
+        ckpt_file=str(ckpt_file),
+        meta_file=str(root / "configs" / "metadata.json"),
+        config_file=str(root / "configs" / "inference.yaml"),
+        bundle_root=str(root),
+    )
+    return filepath
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: re-export ``models/model.ts`` and rewrite the hashes, or ``--check`` them only."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle_root", default=str(BUNDLE_ROOT), help="the bundle folder")
+    parser.add_argument("--check", action="store_true", help="only compare the hashes (exit code 1 if stale)")
+    parser.add_argument("--no_export", action="store_true", help="do not re-export models/model.ts")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check_large_files(args.bundle_root)
+        print("\n".join(problems) if problems else "large_files.yml matches the model files.")
+        return 1 if problems else 0
+    if not args.no_export:
+        print(f"exported {export_torchscript(args.bundle_root)}")
+    changed = update_large_files(args.bundle_root)
+    print(f"updated the hashes of {changed} in large_files.yml" if changed else "large_files.yml was up to date.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
