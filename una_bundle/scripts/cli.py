@@ -14,6 +14,7 @@ import fire
 from . import training
 from .anomaly_gallery import generate_anomalies
 from .datalist import load_datalist
+from .demo_case import run_demo
 from .demo_data import prepare_demo
 from .evaluation import evaluate
 from .inference import infer
@@ -22,9 +23,10 @@ from .pipeline_preview import preview_pipeline
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
 
 
-def demo(output_dir: str = "una_demo", seed: int = 0, overwrite: bool = False) -> dict:
-    """The bundle's main job on its embedded data (for now: fluid anomalies drawn on the MNI152 template)."""
-    return generate_anomalies(output_dir=output_dir, seed=seed, overwrite=overwrite)
+def demo(output_dir: str = "una_demo", seed: int = 0, device: str = "cpu", overwrite: bool = False) -> str:
+    """The bundle's main job on its embedded data: the MNI152 template with a simulated lesion, reconstructed by the
+    shipped model, anomaly map and QC figure written, scored against the truth (prints the metrics table)."""
+    return run_demo(output_dir=output_dir, seed=seed, device=device, overwrite=overwrite)
 
 
 def prepare_demo_data(
