@@ -14,6 +14,14 @@ def ellipsoid(shape=(40, 44, 36), radii=(0.8, 0.85, 0.8)) -> torch.Tensor:
 
 
 @pytest.fixture
+def cube_brain() -> torch.Tensor:
+    """A boolean 10^3 cube inside a 16^3 grid: a brain mask for metric tests with known values."""
+    mask = torch.zeros(16, 16, 16, dtype=torch.bool)
+    mask[3:13, 3:13, 3:13] = True
+    return mask
+
+
+@pytest.fixture
 def brain_image():
     """``(image MetaTensor [1, X, Y, Z] with an oblique affine, brain mask [1, X, Y, Z])``."""
     mask = ellipsoid()

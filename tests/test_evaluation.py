@@ -18,14 +18,8 @@ from una_bundle.scripts.evaluation import evaluate, load_cases, normalize_intens
 from una_bundle.scripts.metrics import brain_l1
 
 
-def _cube(shape=(16, 16, 16), lo=3, hi=13) -> torch.Tensor:
-    mask = torch.zeros(shape, dtype=torch.bool)
-    mask[lo:hi, lo:hi, lo:hi] = True
-    return mask
-
-
-def test_normalize_intensity_divides_by_the_in_brain_percentile():
-    brain = _cube()
+def test_normalize_intensity_divides_by_the_in_brain_percentile(cube_brain):
+    brain = cube_brain
     volume = torch.zeros(16, 16, 16)
     volume[brain] = torch.linspace(10, 200, int(brain.sum()))
     volume[0, 0, 0] = 5000.0  # outside the brain: ignored by the percentile, clipped
@@ -42,11 +36,11 @@ def _save(array, path):
     return path.name
 
 
-def _make_cases(folder, n=2):
+def _make_cases(folder, brain, n=2):
     """Cases on a 16^3 grid with a perfect model's predictions in ``folder/pred``: healthy == truth; the input is
     the truth with a dark lesion; case 0 has a lesion mask and an anomaly mask overlapping half of it."""
     rng = np.random.default_rng(0)
-    brain = _cube().numpy()
+    brain = brain.numpy()
     pred = folder / "pred"
     pred.mkdir()
     cases = []
@@ -68,10 +62,10 @@ def _make_cases(folder, n=2):
     return folder / "cases.json", cases
 
 
-def test_evaluate_writes_csv_markdown_and_boxplots(tmp_path):
+def test_evaluate_writes_csv_markdown_and_boxplots(cube_brain, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    cases_file, cases = _make_cases(data)  # relative paths: resolved against the JSON file's folder
+    cases_file, cases = _make_cases(data, cube_brain)  # relative paths: resolved against the JSON file's folder
     out = tmp_path / "out"
     result = run_evaluation(str(cases_file), str(out), predictions=data / "pred")
     with open(out / "metrics.csv") as handle:
@@ -83,7 +77,7 @@ def test_evaluate_writes_csv_markdown_and_boxplots(tmp_path):
     assert float(rows[0]["dice"]) == pytest.approx(0.5)
     assert rows[1]["dice"] == ""  # no lesion mask: no Dice
     # the baseline is the normalised input against the normalised truth, inside the given brain mask
-    brain = _cube()
+    brain = cube_brain
     truth = torch.as_tensor(nib.load(str(data / "s0_t1.nii.gz")).get_fdata(), dtype=torch.float32)
     image = torch.as_tensor(nib.load(str(data / "s0.nii.gz")).get_fdata(), dtype=torch.float32)
     expected = float(brain_l1(normalize_intensity(image, brain), normalize_intensity(truth, brain), brain))
@@ -97,11 +91,11 @@ def test_evaluate_writes_csv_markdown_and_boxplots(tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_evaluate_runs_inference_when_no_predictions_are_given(tmp_path):
+def test_evaluate_runs_inference_when_no_predictions_are_given(cube_brain, tmp_path):
     """A network that copies its input: the predictions land in ``output_dir/predictions`` and are what is scored."""
     data = tmp_path / "data"
     data.mkdir()
-    cases_file, _ = _make_cases(data, n=1)
+    cases_file, _ = _make_cases(data, cube_brain, n=1)
     ckpt = conv_checkpoint(tmp_path / "copy.pt", (1.0, 0.0))
     out = tmp_path / "out"
     settings = {"checkpoint": ckpt, "spacing": [1.0, 1.0, 1.0], "roi_size": [16, 16, 16], "quiet": True}
@@ -110,7 +104,7 @@ def test_evaluate_runs_inference_when_no_predictions_are_given(tmp_path):
     healthy = out / "predictions" / "s0_healthy.nii.gz"
     assert healthy.is_file() and (out / "predictions" / "s0.json").is_file()
     assert not (data / "pred" / "s0.json").exists()
-    brain = _cube()
+    brain = cube_brain
     truth = torch.as_tensor(nib.load(str(data / "s0_t1.nii.gz")).get_fdata(), dtype=torch.float32)
     pred = torch.as_tensor(nib.load(str(healthy)).get_fdata(), dtype=torch.float32)
     assert float(pred[5:9, 5:9, 5:9].mean()) < 0.3  # the copied input still has its dark lesion
@@ -119,8 +113,8 @@ def test_evaluate_runs_inference_when_no_predictions_are_given(tmp_path):
     assert 0 <= row["dice"] <= 1
 
 
-def test_evaluate_refuses_to_overwrite(tmp_path):
-    cases_file, _ = _make_cases(tmp_path, n=1)
+def test_evaluate_refuses_to_overwrite(cube_brain, tmp_path):
+    cases_file, _ = _make_cases(tmp_path, cube_brain, n=1)
     out = tmp_path / "out"
     run_evaluation(str(cases_file), str(out), predictions=tmp_path / "pred")
     (out / "metrics.csv").write_text("mine")
@@ -131,15 +125,15 @@ def test_evaluate_refuses_to_overwrite(tmp_path):
     assert (out / "metrics.csv").read_text().startswith("case,l1,psnr,ssim,dice,")
 
 
-def test_evaluate_accepts_a_list_of_dicts(tmp_path, monkeypatch):
-    _, cases = _make_cases(tmp_path, n=1)
+def test_evaluate_accepts_a_list_of_dicts(cube_brain, tmp_path, monkeypatch):
+    _, cases = _make_cases(tmp_path, cube_brain, n=1)
     monkeypatch.chdir(tmp_path)  # relative paths of a list: against the working directory
     result = run_evaluation(cases, "out", predictions="pred")
     assert len(result["cases"]) == 1 and (tmp_path / "out" / "metrics.md").is_file()
 
 
-def test_cli_evaluate_prints_the_table_and_fails_cleanly(tmp_path, capsys):
-    cases_file, _ = _make_cases(tmp_path, n=1)
+def test_cli_evaluate_prints_the_table_and_fails_cleanly(cube_brain, tmp_path, capsys):
+    cases_file, _ = _make_cases(tmp_path, cube_brain, n=1)
     table = evaluate(str(cases_file), str(tmp_path / "out"), predictions=str(tmp_path / "pred"))
     assert table == (tmp_path / "out" / "metrics.md").read_text() and "| s0 |" in table
     main(
@@ -159,8 +153,8 @@ def test_cli_evaluate_prints_the_table_and_fails_cleanly(tmp_path, capsys):
     assert info.value.code != 0 and "nope.json" in capsys.readouterr().err
 
 
-def test_bad_case_lists_give_specific_errors(tmp_path):
-    cases_file, cases = _make_cases(tmp_path, n=1)
+def test_bad_case_lists_give_specific_errors(cube_brain, tmp_path):
+    cases_file, cases = _make_cases(tmp_path, cube_brain, n=1)
     out, pred = tmp_path / "out", tmp_path / "pred"
     with pytest.raises(FileNotFoundError, match="cases: file not found"):
         run_evaluation(str(tmp_path / "nope.json"), str(out))

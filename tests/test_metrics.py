@@ -9,14 +9,8 @@ from monai.metrics.regression import compute_ssim_and_cs
 from una_bundle.scripts.metrics import brain_l1, brain_psnr, brain_ssim, dice, ssim_map
 
 
-def _cube(shape=(16, 16, 16), lo=3, hi=13) -> torch.Tensor:
-    mask = torch.zeros(shape, dtype=torch.bool)
-    mask[lo:hi, lo:hi, lo:hi] = True
-    return mask
-
-
-def test_l1_and_psnr_known_values_restricted_to_brain():
-    brain = _cube()
+def test_l1_and_psnr_known_values_restricted_to_brain(cube_brain):
+    brain = cube_brain
     truth = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
     pred = truth + 0.1 * brain + 0.7 * ~brain  # large errors outside the brain must be ignored
     assert float(brain_l1(pred, truth, brain)) == pytest.approx(0.1, abs=1e-6)
@@ -27,8 +21,8 @@ def test_l1_and_psnr_known_values_restricted_to_brain():
     assert math.isinf(float(brain_psnr(truth, truth, brain)))
 
 
-def test_batches_give_one_value_per_case_and_nan_for_an_empty_mask():
-    brain = _cube()
+def test_batches_give_one_value_per_case_and_nan_for_an_empty_mask(cube_brain):
+    brain = cube_brain
     truth = torch.zeros(3, 1, 16, 16, 16)
     pred = truth + torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1, 1, 1)
     masks = torch.stack([brain, brain, torch.zeros_like(brain)])[:, None]
@@ -41,8 +35,8 @@ def test_batches_give_one_value_per_case_and_nan_for_an_empty_mask():
     assert float(brain_l1(two_channels, torch.zeros_like(two_channels), masks)[0]) == pytest.approx(0.2, abs=1e-6)
 
 
-def test_ssim_is_one_for_identical_images_and_ignores_the_outside():
-    brain = _cube()
+def test_ssim_is_one_for_identical_images_and_ignores_the_outside(cube_brain):
+    brain = cube_brain
     gen = torch.Generator().manual_seed(0)
     truth = torch.rand(16, 16, 16, generator=gen)
     assert float(brain_ssim(truth, truth, brain)) == pytest.approx(1.0, abs=1e-5)
