@@ -14,7 +14,15 @@ import torch
 from test_inference import CONV, conv_checkpoint
 
 from una_bundle.scripts.cli import main
-from una_bundle.scripts.evaluation import evaluate, load_cases, normalize_intensity, run_evaluation
+from una_bundle.scripts.evaluation import (
+    anomaly_volumes,
+    evaluate,
+    gain_l1,
+    kind_summary,
+    load_cases,
+    normalize_intensity,
+    run_evaluation,
+)
 from una_bundle.scripts.metrics import brain_l1
 
 
@@ -31,8 +39,8 @@ def test_normalize_intensity_divides_by_the_in_brain_percentile(cube_brain):
     assert float(normalize_intensity(ct, brain, percentile=100)[brain].min()) == pytest.approx(0.0)
 
 
-def _save(array, path):
-    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4)), str(path))
+def _save(array, path, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4) if affine is None else affine), str(path))
     return path.name
 
 
@@ -71,7 +79,11 @@ def test_evaluate_writes_csv_markdown_and_boxplots(cube_brain, tmp_path):
     with open(out / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["case"] for r in rows] == ["s0", "s1"]  # names from the image files, as inference names outputs
-    assert list(rows[0]) == ["case", "l1", "psnr", "ssim", "dice", "baseline_l1", "baseline_psnr", "baseline_ssim"]
+    assert list(rows[0])[:8] == ["case", "l1", "psnr", "ssim", "dice", "baseline_l1", "baseline_psnr", "baseline_ssim"]
+    assert list(rows[0])[8:] == ["l1_gain", "baseline_l1_gain", "l1_lesion", "baseline_l1_lesion", "anomaly_ml"] + [
+        "fp_ml",
+        "kind",
+    ]
     assert float(rows[0]["l1"]) == 0.0 and float(rows[0]["psnr"]) == math.inf
     assert float(rows[0]["ssim"]) == pytest.approx(1.0, abs=1e-5)
     assert float(rows[0]["dice"]) == pytest.approx(0.5)
@@ -185,3 +197,94 @@ def test_bad_case_lists_give_specific_errors(cube_brain, tmp_path):
     with pytest.raises(ValueError, match=r"case s0: truth .*small.nii.gz has shape \(16, 16, 15\)"):
         run_evaluation(str(tmp_path / "shape.json"), str(out), predictions=pred)
     assert not out.exists() or not [p for p in out.iterdir() if p.is_file()]  # nothing written for a bad list
+
+
+# ---- the held-out metrics: L1 after a gain, L1 in the lesion, anomaly and false-positive volumes, per kind ----
+
+VOXEL_AFFINE = np.diag([2.0, 1.0, 1.5, 1.0])  # 3 mm^3 voxels
+
+
+def _anomaly_block():
+    """The lesion cube [5:9]^3 (64 voxels) and an anomaly mask (122 voxels) of which 25 are false positives."""
+    lesion = np.zeros((16, 16, 16))
+    lesion[5:9, 5:9, 5:9] = 1
+    found = np.zeros((16, 16, 16))
+    found[5:9, 5:9, 5:12] = 1  # the lesion + z = 9, 10 (within 2 voxels) + z = 11 (3 away: 16 false positives)
+    found[0:2, 0:2, 0:2] = 1  # 8 voxels outside the brain: a halo counts too
+    found[10, 10, 6] = 1  # Euclidean distance sqrt(8) > 2 (a cube dilation would have kept it): false positive
+    found[10, 6, 6] = 1  # distance 2: inside the margin
+    return lesion, found
+
+
+def test_anomaly_and_false_positive_volumes_by_hand():
+    lesion, found = _anomaly_block()
+    anomaly_ml, fp_ml = anomaly_volumes(found, lesion, VOXEL_AFFINE)
+    assert anomaly_ml == pytest.approx(122 * 3 / 1000)
+    assert fp_ml == pytest.approx(25 * 3 / 1000)
+    assert anomaly_volumes(found, None, VOXEL_AFFINE) == pytest.approx((0.366, 0.366))  # no lesion: all of it
+    assert anomaly_volumes(found, np.zeros_like(lesion), VOXEL_AFFINE) == pytest.approx((0.366, 0.366))
+    assert anomaly_volumes(lesion, lesion, VOXEL_AFFINE) == pytest.approx((0.192, 0.0))
+
+
+def test_gain_l1_by_hand(cube_brain):
+    truth = cube_brain.float()  # 1 in the 1000 brain voxels
+    pred = truth.clone()
+    pred[5:9, 5:9, 5:9] = 0.6  # 64 voxels
+    gain = (936 + 64 * 0.6) / (936 + 64 * 0.36)  # <p, t> / <p, p>
+    expected = (936 * abs(gain - 1) + 64 * abs(0.6 * gain - 1)) / 1000
+    assert gain_l1(pred, truth, cube_brain) == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(0.03998, abs=1e-5)  # the L2 gain is not the L1-optimal one: above the plain L1
+    assert float(brain_l1(pred, truth, cube_brain)) == pytest.approx(64 * 0.4 / 1000)
+    assert gain_l1(2.5 * truth, truth, cube_brain) == pytest.approx(0.0, abs=1e-7)  # a global scale is not counted
+    assert gain_l1(torch.zeros_like(truth), truth, cube_brain) == pytest.approx(1.0)
+
+
+def test_new_columns_and_the_per_kind_summary_by_hand(cube_brain, tmp_path):
+    """Three cases on a 16^3 grid of 3 mm^3 voxels, truth 1 in the brain: two ``t1_lesion`` cases (the model fills
+    the lesion with 0.6 and 0.8, the input has 0.2 there) and a ``t1_healthy`` one without a lesion."""
+    brain = cube_brain.numpy()
+    lesion, found = _anomaly_block()
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    truth = brain.astype(float)
+    cases = []
+    for name, kind, filled in (("a", "t1_lesion", 0.6), ("b", "t1_lesion", 0.8), ("c", "t1_healthy", None)):
+        with_lesion = filled is not None
+        image = np.where(lesion > 0, 0.2, truth) if with_lesion else truth
+        healthy = np.where(lesion > 0, filled, truth) if with_lesion else truth
+        entry = {"image": _save(image, tmp_path / f"{name}.nii.gz", VOXEL_AFFINE), "kind": kind}
+        entry["truth"] = _save(truth, tmp_path / f"{name}_t1.nii.gz", VOXEL_AFFINE)
+        entry["mask"] = _save(brain, tmp_path / f"{name}_brain.nii.gz", VOXEL_AFFINE)
+        if with_lesion:
+            entry["lesion"] = _save(lesion, tmp_path / f"{name}_lesion.nii.gz", VOXEL_AFFINE)
+        _save(healthy, pred / f"{name}_healthy.nii.gz", VOXEL_AFFINE)
+        _save(found, pred / f"{name}_anomaly_mask.nii.gz", VOXEL_AFFINE)
+        cases.append(entry)
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    result = run_evaluation(str(tmp_path / "cases.json"), tmp_path / "out", predictions=pred)
+    a, b, c = result["cases"]
+    assert [r["kind"] for r in (a, b, c)] == ["t1_lesion", "t1_lesion", "t1_healthy"]
+    assert a["l1_lesion"] == pytest.approx(0.4) and b["l1_lesion"] == pytest.approx(0.2)
+    assert a["baseline_l1_lesion"] == pytest.approx(0.8) and b["baseline_l1_lesion"] == pytest.approx(0.8)
+    assert a["l1"] == pytest.approx(64 * 0.4 / 1000) and a["baseline_l1"] == pytest.approx(64 * 0.8 / 1000)
+    gain = (936 + 64 * 0.2) / (936 + 64 * 0.04)  # the identity's gain
+    assert a["baseline_l1_gain"] == pytest.approx((936 * (gain - 1) + 64 * (1 - 0.2 * gain)) / 1000, rel=1e-5)
+    assert a["dice"] == pytest.approx(2 * 64 / (122 + 64))
+    assert a["anomaly_ml"] == pytest.approx(0.366) and a["fp_ml"] == pytest.approx(0.075)
+    assert math.isnan(c["l1_lesion"]) and math.isnan(c["baseline_l1_lesion"]) and math.isnan(c["dice"])
+    assert c["fp_ml"] == pytest.approx(0.366) and c["l1"] == 0.0 and c["l1_gain"] == pytest.approx(0.0, abs=1e-7)
+
+    summary = kind_summary(result["cases"])
+    assert list(summary) == ["t1_lesion", "t1_healthy"]
+    assert summary["t1_lesion"]["n"] == 2 and summary["t1_lesion"]["l1_lesion"] == pytest.approx(0.3)
+    assert summary["t1_lesion"]["baseline_l1_lesion"] == pytest.approx(0.8)
+    assert summary["t1_healthy"]["fp_ml"] == pytest.approx(0.366) and math.isnan(summary["t1_healthy"]["l1_lesion"])
+    markdown = (tmp_path / "out" / "metrics.md").read_text()
+    assert "## Per kind" in markdown
+    kind_rows = {line.split(" | ")[0][2:]: line for line in markdown.splitlines() if line.startswith("| t1_")}
+    assert "0.3000 / 0.8000" in kind_rows["t1_lesion"] and "| 2 |" in kind_rows["t1_lesion"]
+    assert kind_rows["t1_healthy"].endswith("| 0.37 | 0.37 |")  # anomaly and false-positive mL
+    with open(tmp_path / "out" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["kind"] for r in rows] == ["t1_lesion", "t1_lesion", "t1_healthy"]
+    assert float(rows[0]["fp_ml"]) == pytest.approx(0.075) and rows[2]["l1_lesion"] == ""

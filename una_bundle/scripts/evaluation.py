@@ -3,7 +3,8 @@
 A case is a scan with its answer: ``image`` (the scan given to inference), ``truth`` (the subject's healthy T1w on the
 scan's grid) and optionally ``lesion`` (the true lesion mask), ``mask`` (brain mask: passed to inference for scans
 with skull, and the region the metrics cover; default ``truth > 0``), ``modality`` (default ``auto``) and ``name``
-(default: the image's file name without ``.nii``/``.nii.gz``, as inference names its outputs).
+(default: the image's file name without ``.nii``/``.nii.gz``, as inference names its outputs) and ``kind`` (a free
+label of the kind of case, e.g. ``t1_lesion``; carried into the rows and summarised per kind).
 
 :func:`run_evaluation` either runs inference itself (``scripts.inference.run_inference``, outputs into
 ``OUTPUT_DIR/predictions``) or reads the outputs of an earlier ``una-bundle infer`` from ``predictions``
@@ -17,6 +18,21 @@ in-brain percentile, then clipped) - the same rule for the input, the reconstruc
 the identity: the normalised input taken as the reconstruction (for an input of another contrast than T1w it shows
 how far the input is from the target). No baseline Dice is reported: the identity's anomaly map is zero, its mask
 empty.
+
+Further columns, for the model and (``baseline_``) the identity unless said otherwise:
+
+* ``l1_gain``: the L1 of the issue tracker's tables, after a least-squares gain of the (normalised) prediction onto the
+  (normalised) truth inside the brain, ``g = <p, t> / <p, p>`` over the brain voxels, then ``mean |g p - t|`` over
+  them (no clipping), so that a global intensity scale is not counted. ``l1`` stays the plain L1 without a gain.
+* ``l1_lesion``: mean ``|p - t|`` over the true lesion voxels (``lesion > 0``), on the normalised images without a
+  gain (as ``l1``); NaN without a lesion mask or with an empty one.
+* ``anomaly_ml`` (model only): volume of the anomaly mask (``anomaly_mask > 0``, anywhere in the volume, so a halo
+  outside the brain counts) in mL, from the voxel volume ``|det(affine[:3, :3])|`` mm^3 of the image.
+* ``fp_ml`` (model only): the false-positive volume: anomaly-mask voxels outside the true lesion dilated by 2 voxels
+  (a Euclidean ball of radius 2 voxels, 33 voxels), in mL; equal to ``anomaly_ml`` without a lesion mask.
+
+``metrics.md`` holds the per-case table and, when any case has a ``kind``, a per-kind table: the mean over the cases
+of each kind (finite values only) of the model and the identity side by side.
 """
 
 from __future__ import annotations
@@ -33,15 +49,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scipy import ndimage as ndi
+
 from .metrics import brain_l1, brain_psnr, brain_ssim, dice
 from .nifti_io import check_writable, load_volume
 
-__all__ = ["normalize_intensity", "load_cases", "evaluate_case", "run_evaluation", "evaluate", "CASE_KEYS", "METRICS"]
+__all__ = [
+    "normalize_intensity",
+    "load_cases",
+    "evaluate_case",
+    "gain_l1",
+    "anomaly_volumes",
+    "kind_summary",
+    "kind_table",
+    "run_evaluation",
+    "evaluate",
+    "CASE_KEYS",
+    "METRICS",
+]
 
 #: Required and optional keys of a case.
-CASE_KEYS = {"required": ("image", "truth"), "optional": ("lesion", "mask", "modality", "name")}
+CASE_KEYS = {"required": ("image", "truth"), "optional": ("lesion", "mask", "modality", "name", "kind")}
 #: Reported metrics: (column, title, higher is better).
-METRICS = (("l1", "L1", False), ("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True), ("dice", "Dice", True))
+METRICS = (
+    ("l1", "L1", False),
+    ("psnr", "PSNR (dB)", True),
+    ("ssim", "SSIM", True),
+    ("dice", "Dice", True),
+    ("l1_lesion", "L1 in the lesion", False),
+    ("fp_ml", "false positives (mL)", False),
+)
+#: Radius (voxels) of the Euclidean ball by which the true lesion is dilated before counting false positives.
+FP_MARGIN_VOXELS = 2
 OUTPUT_FILES = ("metrics.csv", "metrics.md", "metrics_boxplots.png")
 #: Inference outputs read per case ``NAME`` from the predictions folder.
 PREDICTION_SUFFIXES = {"healthy": "_healthy.nii.gz", "anomaly_mask": "_anomaly_mask.nii.gz"}
@@ -131,6 +170,7 @@ def load_cases(cases: str | Path | Sequence[dict], predictions: str | Path | Non
         if unknown:
             raise ValueError(f"{label}: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
         case = {"name": _case_name(entry), "modality": str(entry.get("modality") or "auto")}
+        case["kind"] = str(entry.get("kind") or "")
         for key in _FILE_KEYS:
             if entry.get(key):
                 file = Path(str(entry[key]))
@@ -155,7 +195,7 @@ def load_cases(cases: str | Path | Sequence[dict], predictions: str | Path | Non
 def _load_case(case: dict) -> dict:
     """The case's volumes, checked to lie on the image's grid (shape, affine within 0.01 mm)."""
     image, affine = load_volume(case["image"], f"case {case['name']}: image")
-    out = {"image": image}
+    out = {"image": image, "affine": affine}
     for key in ("truth", "healthy", "anomaly_mask", "lesion", "mask"):
         if key not in case:
             continue
@@ -171,24 +211,87 @@ def _load_case(case: dict) -> dict:
     return out
 
 
+def gain_l1(pred, truth, brain) -> float:
+    """L1 over the brain after the least-squares gain ``g = <p, t> / <p, p>`` of ``pred`` onto ``truth`` there
+    (``g = 1`` for an all-zero prediction); ``[X, Y, Z]`` tensors, ``brain`` boolean."""
+    p, t = pred[brain].double(), truth[brain].double()
+    energy = float((p * p).sum())
+    gain = float((p * t).sum()) / energy if energy > 0 else 1.0
+    return float((gain * p - t).abs().mean())
+
+
+def _ball(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    x, y, z = np.meshgrid(r, r, r, indexing="ij")
+    return x**2 + y**2 + z**2 <= radius**2
+
+
+def anomaly_volumes(anomaly_mask, lesion, affine, margin: int = FP_MARGIN_VOXELS) -> tuple[float, float]:
+    """``(anomaly_ml, fp_ml)``: the anomaly mask's volume and its volume outside ``lesion`` dilated by a Euclidean
+    ball of ``margin`` voxels, in mL (``lesion=None``: no lesion, ``fp_ml == anomaly_ml``)."""
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    found = _flat(anomaly_mask, "anomaly_mask").numpy() > 0
+    anomaly_ml = float(found.sum()) * voxel_ml
+    if lesion is None:
+        return anomaly_ml, anomaly_ml
+    near = _flat(lesion, "lesion").numpy() > 0
+    if margin > 0 and near.any():
+        near = ndi.binary_dilation(near, structure=_ball(int(margin)))
+    return anomaly_ml, float((found & ~near).sum()) * voxel_ml
+
+
 def evaluate_case(case: dict) -> dict:
-    """Metrics of one checked case with its predictions: model and identity-baseline L1/PSNR/SSIM, and Dice."""
+    """Metrics of one checked case with its predictions: model and identity-baseline L1 (plain, with a gain, in the
+    lesion)/PSNR/SSIM, and the model's Dice, anomaly and false-positive volumes (module docstring)."""
     vol = _load_case(case)
     brain = vol["mask"] > 0 if "mask" in vol else vol["truth"] > 0
     if not bool(brain.any()):
         raise ValueError(f"case {case['name']}: the brain mask is empty ({case.get('mask', case['truth'])}).")
     truth = normalize_intensity(vol["truth"], brain)
-    row = {"case": case["name"]}
+    lesion = vol["lesion"] > 0 if "lesion" in vol else None
+    row = {"case": case["name"], "kind": case.get("kind", "")}
     for prefix, key in (("", "healthy"), ("baseline_", "image")):
         pred = normalize_intensity(vol[key], brain)
         row[f"{prefix}l1"] = float(brain_l1(pred, truth, brain))
         row[f"{prefix}psnr"] = float(brain_psnr(pred, truth, brain))
         row[f"{prefix}ssim"] = float(brain_ssim(pred, truth, brain))
+        row[f"{prefix}l1_gain"] = gain_l1(pred, truth, brain)
+        has_lesion = lesion is not None and bool(lesion.any())
+        row[f"{prefix}l1_lesion"] = float((pred[lesion] - truth[lesion]).abs().mean()) if has_lesion else math.nan
     row["dice"] = float(dice(vol["anomaly_mask"], vol["lesion"])) if "lesion" in vol else float("nan")
+    row["anomaly_ml"], row["fp_ml"] = anomaly_volumes(vol["anomaly_mask"], lesion, vol["affine"])
     return row
 
 
-COLUMNS = ("case", "l1", "psnr", "ssim", "dice", "baseline_l1", "baseline_psnr", "baseline_ssim")
+#: Numeric columns after ``case``; the original eight first, in their order, ``kind`` (text) last.
+COLUMNS = (
+    "case",
+    "l1",
+    "psnr",
+    "ssim",
+    "dice",
+    "baseline_l1",
+    "baseline_psnr",
+    "baseline_ssim",
+    "l1_gain",
+    "baseline_l1_gain",
+    "l1_lesion",
+    "baseline_l1_lesion",
+    "anomaly_ml",
+    "fp_ml",
+)
+CSV_COLUMNS = COLUMNS + ("kind",)
+#: Per-kind table of metrics.md: (title, model column, identity column or None).
+KIND_TABLE = (
+    ("L1 brain", "l1", "baseline_l1"),
+    ("L1 brain (gain)", "l1_gain", "baseline_l1_gain"),
+    ("L1 lesion", "l1_lesion", "baseline_l1_lesion"),
+    ("PSNR", "psnr", "baseline_psnr"),
+    ("SSIM", "ssim", "baseline_ssim"),
+    ("Dice", "dice", None),
+    ("anomaly mL", "anomaly_ml", None),
+    ("false-positive mL", "fp_ml", None),
+)
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -209,7 +312,7 @@ def _summary(rows: list[dict]) -> dict:
 def _fmt(value: float, col: str) -> str:
     if not math.isfinite(value):
         return "" if math.isnan(value) else str(value)
-    return f"{value:.2f}" if "psnr" in col else f"{value:.4f}"
+    return f"{value:.2f}" if "psnr" in col or col.endswith("_ml") else f"{value:.4f}"
 
 
 def _csv_value(value: float) -> str:
@@ -220,31 +323,83 @@ def _csv_value(value: float) -> str:
 def _csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([row["case"]] + [_csv_value(row[c]) for c in COLUMNS[1:]])
+        writer.writerow([row["case"]] + [_csv_value(row[c]) for c in COLUMNS[1:]] + [row.get("kind", "")])
     return buffer.getvalue()
 
 
+_HEADERS = {
+    "l1": "L1",
+    "psnr": "PSNR",
+    "ssim": "SSIM",
+    "dice": "Dice",
+    "baseline_l1": "L1 (baseline)",
+    "baseline_psnr": "PSNR (baseline)",
+    "baseline_ssim": "SSIM (baseline)",
+    "l1_gain": "L1 gain",
+    "baseline_l1_gain": "L1 gain (baseline)",
+    "l1_lesion": "L1 lesion",
+    "baseline_l1_lesion": "L1 lesion (baseline)",
+    "anomaly_ml": "anomaly mL",
+    "fp_ml": "false-pos. mL",
+}
+
+
+def kind_summary(rows: list[dict]) -> dict:
+    """``{kind: {"n": cases, column: mean over the non-NaN values (NaN if none)}}`` in order of first appearance;
+    cases without a kind are grouped under ``""``. An infinite PSNR (a perfect case) makes the mean infinite."""
+    out = {}
+    for kind in dict.fromkeys(str(r.get("kind", "")) for r in rows):
+        group = [r for r in rows if str(r.get("kind", "")) == kind]
+        means = {"n": len(group)}
+        for col in COLUMNS[1:]:
+            values = np.array([r[col] for r in group], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            means[col] = float(values.mean()) if len(values) else float("nan")
+        out[kind] = means
+    return out
+
+
+def kind_table(rows: list[dict]) -> str:
+    """The per-kind markdown table (means over the cases of each kind): model / identity per metric of
+    :data:`KIND_TABLE` (identity ``-`` where it has none)."""
+    header = ["kind", "n"] + [title + (" model / identity" if base else "") for title, _, base in KIND_TABLE]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for kind, means in kind_summary(rows).items():
+        cells = [kind or "(none)", str(means["n"])]
+        for _, col, base in KIND_TABLE:
+            both = [means[col]] + ([means[base]] if base else [])
+            cells.append("" if all(math.isnan(v) for v in both) else " / ".join(_fmt(v, col) for v in both))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(rows: list[dict], summary: dict) -> str:
-    header = ["case", "L1", "PSNR", "SSIM", "Dice", "L1 (baseline)", "PSNR (baseline)", "SSIM (baseline)"]
+    with_kind = any(r.get("kind") for r in rows)
+    header = ["case"] + (["kind"] if with_kind else []) + [_HEADERS[c] for c in COLUMNS[1:]]
     lines = [
         "# Evaluation",
         "",
         "Reconstruction vs healthy truth inside the brain (intensities normalised to [0, 1]; SSIM: Gaussian window "
         "sigma 5). Baseline: the input itself as the reconstruction (no baseline Dice: its anomaly map is zero). "
-        "Dice: anomaly mask vs lesion (blank without a lesion mask).",
+        "Dice: anomaly mask vs lesion (blank without a lesion mask). L1 gain: L1 after a least-squares gain of the "
+        "prediction onto the truth in the brain. L1 lesion: L1 inside the true lesion. False-pos. mL: anomaly mask "
+        "outside the lesion dilated by 2 voxels (the whole anomaly mask without a lesion).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        lines.append("| " + " | ".join([str(row["case"])] + [_fmt(row[c], c) for c in COLUMNS[1:]]) + " |")
+        kind = [str(row.get("kind", ""))] if with_kind else []
+        lines.append("| " + " | ".join([str(row["case"])] + kind + [_fmt(row[c], c) for c in COLUMNS[1:]]) + " |")
     stats = [
         f"{_fmt(summary[c]['mean'], c)} ± {_fmt(summary[c]['std'], c)}" if summary[c]["n"] else "" for c in COLUMNS[1:]
     ]
-    lines.append(f"| **mean ± std** (n={len(rows)}) | " + " | ".join(stats) + " |")
-    return "\n".join(lines) + "\n"
+    lines.append(f"| **mean ± std** (n={len(rows)}) | " + ("| " if with_kind else "") + " | ".join(stats) + " |")
+    if with_kind:
+        lines += ["", "## Per kind", "", "Means over the cases of each kind, model / identity.", "", kind_table(rows)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _boxplots(rows: list[dict], path: Path) -> None:
@@ -330,7 +485,8 @@ def run_evaluation(
 
     Returns:
         ``{"cases": [row per case], "summary": {column: {"mean", "std", "n"}}, "files": [paths]}``; a row holds
-        ``l1``, ``psnr``, ``ssim``, ``dice`` (NaN without a lesion) and ``baseline_l1/psnr/ssim``.
+        ``case``, ``kind``, ``l1``, ``psnr``, ``ssim``, ``dice`` (NaN without a lesion), ``baseline_l1/psnr/ssim``,
+        ``l1_gain``, ``l1_lesion`` and their ``baseline_`` twins, ``anomaly_ml`` and ``fp_ml``.
     """
     out = Path(output_dir)
     paths = [out / name for name in OUTPUT_FILES]
@@ -359,8 +515,9 @@ def evaluate(
     levels: int | None = None,
     features: int | None = None,
 ) -> str:
-    """Score UNA on cases with known answers (a JSON list of ``{image, truth, lesion?, mask?, modality?, name?}``);
-    returns the markdown table, also written with ``metrics.csv`` and ``metrics_boxplots.png`` into ``output_dir``.
+    """Score UNA on cases with known answers (a JSON list of ``{image, truth, lesion?, mask?, modality?, name?,
+    kind?}``); returns the markdown table, also written with ``metrics.csv`` and ``metrics_boxplots.png`` into
+    ``output_dir``.
 
     Without ``predictions`` it runs inference itself (``checkpoint``, ``device``, ``config``, ``spacing``,
     ``roi_size``, ``levels``, ``features`` as for ``una-bundle infer``) into ``output_dir/predictions``; with it, it
