@@ -449,3 +449,108 @@ def test_best_model_checkpoint_of_training_loads_directly(case, tmp_path, unanet
     mixed = run_inference(path, tmp_path / "best", checkpoint=best, quiet=True, qc=False, **FAST)
     read = [np.asarray(nib.load(reports[0]["outputs"]["healthy"]).dataobj) for reports in (plain, mixed)]
     assert np.array_equal(read[0], read[1])
+
+
+# --- outputs: umask, exclusive claim, stale temporaries, unusable output folders -------------------------------------
+def test_outputs_follow_the_umask(case, tmp_path, unanet_ckpt):
+    path, _ = case
+    previous = os.umask(0o027)
+    try:
+        run_inference(path, tmp_path / "out", checkpoint=unanet_ckpt, quiet=True, **FAST)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == {f"sub-01{s}": 0o640 for s in OUTPUTS}
+
+
+def test_a_second_run_into_a_claimed_output_dir_fails_at_once(case, tmp_path, unanet_ckpt, monkeypatch):
+    """Another live process (a real one) holds output_dir: refused before the pipeline is even built."""
+    path, _ = case
+    out = tmp_path / "out"
+    out.mkdir()
+    code = (
+        "import time; from una_bundle.scripts.atomic_io import claim_folder; "
+        f"c = claim_folder({str(out)!r}); print('claimed', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(inference, "load_pipeline", lambda *a, **k: pytest.fail("ran although output_dir is in use"))
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(FileExistsError, match=f"output_dir {out} is in use by another run \\(pid {holder.pid}"):
+            run_inference(path, out, checkpoint=unanet_ckpt, quiet=True, overwrite=True, **FAST)
+        argv = ["infer", "--image", str(path), "--output_dir", str(out), "--checkpoint", str(unanet_ckpt)]
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert [p.name for p in out.iterdir()] == [".una.lock"]  # the killed holder's file; nothing of ours
+    monkeypatch.undo()
+    run_inference(path, out, checkpoint=unanet_ckpt, quiet=True, **FAST)  # the holder's death released it
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"sub-01{s}" for s in OUTPUTS)
+
+
+def test_temporaries_of_a_killed_run_are_removed_with_a_message(case, tmp_path, unanet_ckpt, capsys):
+    """A run SIGKILLed while writing its outputs leaves hidden temporaries; the next run removes them and says so."""
+    path, _ = case
+    out = tmp_path / "out"
+    code = f"""
+import os, signal
+from una_bundle.scripts import inference
+def killed(work, spacing, title, path):
+    path.write_bytes(b"half a png")
+    os.kill(os.getpid(), signal.SIGKILL)
+inference._qc_figure = killed
+inference.run_inference({str(path)!r}, {str(out)!r}, checkpoint={str(unanet_ckpt)!r}, quiet=True, **{FAST!r})
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    left = sorted(p.name for p in out.iterdir())
+    assert left and all(name.startswith(".") for name in left)  # nothing under a final name
+    temps = [name for name in left if name != ".una.lock"]
+    assert len(temps) >= 2 and all(name.startswith(".sub-01") for name in temps)
+    run_inference(path, out, checkpoint=unanet_ckpt, quiet=True, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"sub-01{s}" for s in OUTPUTS)
+    err = capsys.readouterr().err
+    assert f"removed {len(temps)} temporary file(s) of an interrupted run from {out}" in err
+
+
+def test_output_dir_under_a_regular_file_is_one_line(case, tmp_path, unanet_ckpt, capsys):
+    path, _ = case
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder")
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(SystemExit) as info:
+            main(["infer", "--image", str(path), "--output_dir", str(out), "--checkpoint", str(unanet_ckpt)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"output_dir {out} exists and is not a folder" in err and "choose another" in err
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_read_only_output_dir_is_one_line(case, tmp_path, unanet_ckpt, capsys, monkeypatch):
+    """A read-only file system (EROFS; root ignores permissions, so it is simulated): one line, exit code 2."""
+    import errno
+
+    path, _ = case
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def read_only(real):
+        def call(target, *args, **kwargs):
+            if str(target).startswith(str(mount)):
+                raise OSError(errno.EROFS, "Read-only file system", str(target))
+            return real(target, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "mkdir", read_only(real_mkdir))
+    monkeypatch.setattr(os, "open", read_only(real_open))
+    for out in (mount, mount / "new"):
+        with pytest.raises(SystemExit) as info:
+            main(["infer", "--image", str(path), "--output_dir", str(out), "--checkpoint", str(unanet_ckpt)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"output folder {out} is not writable (Read-only file system)" in err

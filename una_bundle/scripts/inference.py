@@ -20,8 +20,10 @@ existing outputs are refused unless ``overwrite``; for each input ``NAME`` it wr
 ``NAME_healthy.nii.gz`` (float32, [0, 1]), ``NAME_anomaly.nii.gz`` (float32, [0, 1]), ``NAME_anomaly_mask.nii.gz``
 (uint8 0/1), all with the input's shape and header geometry (sform/qform copied, so the affine is identical),
 ``NAME_qc.png`` (triplanar input / reconstruction / anomaly overlay on the working grid) and ``NAME.json`` (modality,
-threshold, anomaly volume, timings per stage, checkpoint hash). Files are written under temporary names and renamed
-at the end, so a failed case leaves nothing behind. ``python -m monai.bundle run`` writes the three NIfTI files only
+threshold, anomaly volume, timings per stage, checkpoint hash). Files are written under temporary names, synced and
+renamed at the end (``atomic_io``; mode from the umask), so a failed case leaves nothing behind; a run claims
+``output_dir`` for its duration (a second run into it fails at once) and removes the temporary files a killed run
+left there. ``python -m monai.bundle run`` writes the three NIfTI files only
 (``SaveImaged``: no report, no figure, not atomic) and refuses to start when one exists unless ``--overwrite true``.
 The anomaly map and its threshold are computed on the working grid; the map is mapped back (trilinear) and the mask
 is the mapped-back map above the threshold, inside the mapped-back brain mask, without components under
@@ -68,6 +70,7 @@ from .anomaly_scoring import (
     anomaly_threshold,
 )
 from .bundle_config import BUNDLE_ROOT, make_scripts_importable
+from .atomic_io import FolderInUseError, claim_folder, remove_stale_temps, write_together
 from .nifti_io import check_writable, load_volume
 from .release import file_hash
 
@@ -644,9 +647,15 @@ def _output_paths(output_dir: Path, name: str) -> dict[str, Path]:
     return {kind: output_dir / f"{name}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
 
 
-def _check_output_dir(output_dir: Path, images: list[Path], paths: list[Path], overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder.")
+def _check_output_dir(output_dir: Path, images: list[Path], paths: list[Path], overwrite: bool):
+    """Check ``output_dir``, create it and claim it for this run (``atomic_io.claim_folder``: a second run into it
+    fails at once); removes the temporary files an interrupted run left there (and says so). Returns the claim."""
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists():  # the first existing folder on the way must be a folder
+            if not folder.is_dir():
+                where = "" if folder == output_dir else f": {folder} on its path"
+                raise FileExistsError(f"output_dir {output_dir} exists and is not a folder{where}; choose another.")
+            break
     resolved = output_dir.resolve()
     for image in images:
         if image.resolve().parent == resolved:
@@ -655,15 +664,34 @@ def _check_output_dir(output_dir: Path, images: list[Path], paths: list[Path], o
                 f"to the inputs would be taken for inputs by a later run on that folder)."
             )
     try:
-        check_writable(paths, overwrite=overwrite)
-    except PermissionError as err:
-        raise PermissionError(f"output folder {output_dir} is not writable ({err}).") from err
-    try:  # a real write: os.access says nothing about read-only file systems
-        fd, probe = tempfile.mkstemp(prefix=".una_write_test_", dir=output_dir)
-        os.close(fd)
-        os.remove(probe)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        claim = claim_folder(output_dir, "output_dir")  # creates a file: fails on read-only file systems too
+    except FolderInUseError:
+        raise
     except OSError as err:
-        raise PermissionError(f"output folder {output_dir} is not writable ({err}).") from err
+        raise PermissionError(f"output folder {output_dir} is not writable ({err.strerror or err}).") from err
+    try:
+        stale = remove_stale_temps(output_dir, [p.name for p in paths if p.parent == output_dir])
+        if stale:
+            names = ", ".join(p.name for p in stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+            print(
+                f"removed {len(stale)} temporary file(s) of an interrupted run from {output_dir}: {names}",
+                file=sys.stderr,
+            )
+        try:
+            check_writable(paths, overwrite=overwrite)
+        except PermissionError as err:
+            raise PermissionError(f"output folder {output_dir} is not writable ({err}).") from err
+        try:  # a real write: os.access says nothing about read-only file systems
+            fd, probe = tempfile.mkstemp(prefix=".una_write_test_", dir=output_dir)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as err:
+            raise PermissionError(f"output folder {output_dir} is not writable ({err}).") from err
+    except BaseException:
+        claim.release()
+        raise
+    return claim
 
 
 def _nifti_like(data: np.ndarray, reference: nib.Nifti1Image, dtype, description: str) -> nib.Nifti1Image:
@@ -793,25 +821,9 @@ def _run_case(parts: dict, image: Path, mask: Path | None, device: torch.device)
 
 
 def _write_case(files: dict[str, Any], final: dict[str, Path]) -> None:
-    """Write every file under a temporary name in its folder, then rename all; nothing is left on failure."""
-    temps: dict[str, Path] = {}
-    renamed: list[Path] = []
-    try:
-        for kind, writer in files.items():
-            target = final[kind]
-            suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-            os.close(fd)
-            temps[kind] = Path(tmp)
-            writer(temps[kind])
-        for kind, tmp in temps.items():
-            os.replace(tmp, final[kind])
-            renamed.append(final[kind])
-    except BaseException:
-        for path in list(temps.values()) + renamed:
-            if path.exists():
-                path.unlink()
-        raise
+    """Write every file under a temporary name in its folder, synced, then rename all; nothing is left on failure
+    (``atomic_io.write_together``; the files get the umask's mode, 0644 usually)."""
+    write_together({final[kind]: writer for kind, writer in files.items()})
 
 
 @dataclass
@@ -935,52 +947,56 @@ def run_inference(
             _check_same_grid(shape, affine, mask_shape, mask_affine, str(path), str(mask_path))
         finals = _output_paths(output_dir, name)
         cases.append(_Case(path, mask_path, reference, shape, affine, finals, time.perf_counter() - start))
-    _check_output_dir(output_dir, images, [c.outputs[k] for c in cases for k in kinds], overwrite)
+    claim = _check_output_dir(output_dir, images, [c.outputs[k] for c in cases for k in kinds], overwrite)
+    try:  # the claim on output_dir is held until every case is written
+        settings = {"modality": modality, "spacing": spacing, "roi_size": roi_size, "overlap": overlap}
+        settings.update(levels=levels, features=features)
+        config_overrides = {
+            k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in settings.items() if v is not None
+        }
+        config_overrides.update(dict(overrides or {}))
+        parts = load_pipeline(config, device=device, overrides=config_overrides)
+        ckpt = Path(checkpoint) if checkpoint is not None else parts["ckpt_path"]
+        _load_weights(parts["network"], ckpt)
+        network = parts["network"]
+        context = {
+            "modality": modality,
+            "device": torch.device(device),
+            "spacing": [float(v) for v in parts["parser"].get_parsed_content("spacing")],
+            "model": {
+                "checkpoint": str(ckpt.resolve()),
+                "checkpoint_sha256": file_hash(ckpt),
+                "bundle_version": _bundle_version(parts["bundle_root"]),
+                "network": type(network).__name__,
+                "levels": getattr(network, "levels", None),
+                "features": (getattr(network, "channels", None) or [None])[0],
+                "parameters": int(sum(p.numel() for p in network.parameters())),
+            },
+        }
 
-    settings = {"modality": modality, "spacing": spacing, "roi_size": roi_size, "overlap": overlap}
-    settings.update(levels=levels, features=features)
-    config_overrides = {
-        k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in settings.items() if v is not None
-    }
-    config_overrides.update(dict(overrides or {}))
-    parts = load_pipeline(config, device=device, overrides=config_overrides)
-    ckpt = Path(checkpoint) if checkpoint is not None else parts["ckpt_path"]
-    _load_weights(parts["network"], ckpt)
-    network = parts["network"]
-    context = {
-        "modality": modality,
-        "device": torch.device(device),
-        "spacing": [float(v) for v in parts["parser"].get_parsed_content("spacing")],
-        "model": {
-            "checkpoint": str(ckpt.resolve()),
-            "checkpoint_sha256": file_hash(ckpt),
-            "bundle_version": _bundle_version(parts["bundle_root"]),
-            "network": type(network).__name__,
-            "levels": getattr(network, "levels", None),
-            "features": (getattr(network, "channels", None) or [None])[0],
-            "parameters": int(sum(p.numel() for p in network.parameters())),
-        },
-    }
-
-    context["setup_s"] = round(time.perf_counter() - setup_start - sum(c.check_s for c in cases), 3)
-    reports = []
-    for i, case in enumerate(cases, 1):
-        try:
-            report = _process_case(case, parts, context, kinds)
-        except Exception as err:
-            if len(cases) > 1:
-                err.add_note(f"case {i}/{len(cases)} ({case.image}) failed; the {i - 1} case(s) before it are kept.")
-            raise
-        reports.append(report)
-        if not quiet:
-            volume, seconds = report["anomaly_volume_ml"], report["timings_s"]["total"]
-            print(
-                f"[{i}/{len(cases)}] {case.image.name}: {report['modality']}, anomaly {volume:.1f} mL, {seconds:.1f} s "
-                f"-> {case.outputs['report']}",
-                file=sys.stderr,
-                flush=True,
-            )
-    return reports
+        context["setup_s"] = round(time.perf_counter() - setup_start - sum(c.check_s for c in cases), 3)
+        reports = []
+        for i, case in enumerate(cases, 1):
+            try:
+                report = _process_case(case, parts, context, kinds)
+            except Exception as err:
+                if len(cases) > 1:
+                    err.add_note(
+                        f"case {i}/{len(cases)} ({case.image}) failed; the {i - 1} case(s) before it are kept."
+                    )
+                raise
+            reports.append(report)
+            if not quiet:
+                volume, seconds = report["anomaly_volume_ml"], report["timings_s"]["total"]
+                print(
+                    f"[{i}/{len(cases)}] {case.image.name}: {report['modality']}, anomaly {volume:.1f} mL, "
+                    f"{seconds:.1f} s -> {case.outputs['report']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return reports
+    finally:
+        claim.release()
 
 
 def infer(

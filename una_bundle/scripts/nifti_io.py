@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+
+from .atomic_io import write_atomic
 
 __all__ = ["load_volume", "save_volume", "check_writable"]
 
@@ -42,7 +43,11 @@ def check_writable(paths: Iterable[str | Path], overwrite: bool = False) -> None
     paths = [Path(p) for p in paths]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"output exists (pass overwrite=True to replace): {', '.join(existing[:5])}")
+        more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        raise FileExistsError(
+            f"output exists (pass --overwrite, or overwrite=True in Python, to replace it): "
+            f"{', '.join(existing[:5])}{more}"
+        )
     for folder in {p.parent for p in paths}:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK):
@@ -50,17 +55,9 @@ def check_writable(paths: Iterable[str | Path], overwrite: bool = False) -> None
 
 
 def save_volume(data, affine, path: str | Path, dtype=np.float32) -> Path:
-    """Write ``data`` ``[X, Y, Z]`` (tensor or array) as NIfTI via a temporary file renamed into place."""
+    """Write ``data`` ``[X, Y, Z]`` (tensor or array) as NIfTI atomically (``atomic_io.write_atomic``: a temporary
+    file, synced, renamed into place; mode from the umask)."""
     path = Path(path)
     array = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
     image = nib.Nifti1Image(array.astype(dtype), np.asarray(affine, dtype=np.float64))
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_atomic(path, lambda tmp: nib.save(image, str(tmp)))
