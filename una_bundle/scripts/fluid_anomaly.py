@@ -18,6 +18,8 @@ Everything runs in torch on the input's device, with one ``torch.Generator`` see
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -91,8 +93,12 @@ class FluidAnomaly(RandomizableTransform):
         random_shape_prob: probability of a random Perlin shape rather than a pool map (1 when there is no pool).
         lesion_pool: NIfTI files of lesion masks or probability maps (3D) used as initial maps; maps whose
             shape differs from the image are centre-padded or cropped (they must be in the images' space).
-        shape_periods: Perlin periods per axis of the random shape (about 2 gives a few irregular blobs).
+        shape_periods: Perlin periods per axis of the random shape (about 2 gives a few irregular blobs, more gives
+            more and smaller foci), a number or a ``(min, max)`` range drawn uniformly per anomaly.
         percentile_range: the random shape keeps the noise above a percentile drawn from this range (0-100).
+        percentile_sampling: how the percentile ``q`` is drawn: ``"uniform"`` in ``percentile_range`` (the
+            reference), or ``"log"``: the kept share ``100 - q`` log-uniform, so that lesion volumes spread evenly
+            over orders of magnitude (e.g. ``(90, 99.99)`` on a 1 mm brain: about 0.5 to 200 mL).
         magnitude: velocity multiplier, the reference's meaning (500, see :func:`.flow.random_flow`).
         flow_periods: Perlin periods of the flow potentials per axis; ``None`` keeps the reference's wavelength
             (2 periods per 200 voxels, see :func:`.flow.random_flow`).
@@ -115,8 +121,9 @@ class FluidAnomaly(RandomizableTransform):
         self,
         random_shape_prob: float = 0.5,
         lesion_pool: Sequence[str | Path] | None = None,
-        shape_periods: float = 2.0,
+        shape_periods: float | Sequence[float] = 2.0,
         percentile_range: Sequence[float] = (90.0, 99.6),
+        percentile_sampling: str = "uniform",
         magnitude: float = REFERENCE_MAGNITUDE,
         flow_periods: float | Sequence[float] | None = None,
         nt_range: Sequence[int] = (2, 10),
@@ -138,8 +145,14 @@ class FluidAnomaly(RandomizableTransform):
         self.nt_range = (int(nt_lo), int(nt_hi))
         if not dt > 0:
             raise ValueError(f"dt must be > 0, got {dt}.")
-        if not shape_periods > 0:
-            raise ValueError(f"shape_periods must be > 0, got {shape_periods}.")
+        periods = (shape_periods, shape_periods) if isinstance(shape_periods, (int, float)) else tuple(shape_periods)
+        if len(periods) != 2 or not 0 < periods[0] <= periods[1]:
+            raise ValueError(f"shape_periods must be > 0 or a (min, max) range of such, got {shape_periods}.")
+        if percentile_sampling not in ("uniform", "log"):
+            raise ValueError(f"percentile_sampling must be 'uniform' or 'log', got {percentile_sampling!r}.")
+        if percentile_sampling == "log" and not self.percentile_range[1] < 100:
+            raise ValueError(f"percentile_sampling='log' needs percentiles below 100, got {tuple(percentile_range)}.")
+        self.percentile_sampling = percentile_sampling
         if not magnitude >= 0 or not diffusion_magnitude >= 0:
             raise ValueError(f"magnitude and diffusion_magnitude must be >= 0, got {magnitude}, {diffusion_magnitude}.")
         if not 0 <= threshold < 1:
@@ -153,7 +166,7 @@ class FluidAnomaly(RandomizableTransform):
         self.lesion_pool = [Path(p) for p in (lesion_pool or [])]
         for path in self.lesion_pool:  # fail at construction, not in the middle of training
             _check_pool_header(path)
-        self.shape_periods = shape_periods
+        self.shape_periods = (float(periods[0]), float(periods[1]))
         self.magnitude = magnitude
         self.flow_periods = flow_periods
         self.dt = dt
@@ -178,8 +191,12 @@ class FluidAnomaly(RandomizableTransform):
         return int(torch.randint(low, high + 1, (), generator=self._generator, device=self._generator.device))
 
     def _random_shape(self, spatial: Sequence[int], device) -> torch.Tensor:
-        noise = perlin_noise(spatial, self.shape_periods, generator=self._generator, device=device)
-        q = self._uniform(*self.percentile_range) / 100.0
+        noise = perlin_noise(spatial, self._uniform(*self.shape_periods), generator=self._generator, device=device)
+        if self.percentile_sampling == "log":
+            kept_low, kept_high = (math.log(100.0 - p) for p in reversed(self.percentile_range))
+            q = 1.0 - math.exp(self._uniform(kept_low, kept_high)) / 100.0
+        else:
+            q = self._uniform(*self.percentile_range) / 100.0
         flat = noise.flatten()
         k = min(max(int(round(q * (flat.numel() - 1))) + 1, 1), flat.numel())
         cutoff = flat.kthvalue(k).values

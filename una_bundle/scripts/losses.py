@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 
-__all__ = ["WeightedL1GradientLoss", "StructureContrastiveLoss", "UNALoss"]
+__all__ = ["WeightedL1GradientLoss", "StructureContrastiveLoss", "AnomalyHeadLoss", "UNALoss"]
 
 _NORMALIZATIONS = ("weight", "mean")
 
@@ -207,8 +209,43 @@ class StructureContrastiveLoss(nn.Module):
         return per_sample.sum() / has_voxels.sum().clamp_min(1)
 
 
+class AnomalyHeadLoss(nn.Module):
+    """Dice + binary cross-entropy of the anomaly head's logits against the generator's exact anomaly mask.
+
+    The generator knows where it put the anomaly, so the network can learn the anomaly map directly instead of it
+    being read off the difference between input and reconstruction (blurry, and meaningless across contrasts).
+    Dice is computed over the whole batch (``batch=True``): a lesion-free sample alone has no Dice to speak of, and
+    over the batch its false positives still count. Cross-entropy keeps every voxel supervised, lesion-free
+    samples included, so the head learns to stay silent on healthy tissue.
+
+    Args:
+        dice_weight: factor of the Dice term.
+        bce_weight: factor of the cross-entropy term.
+    """
+
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0) -> None:
+        super().__init__()
+        if not dice_weight >= 0 or not bce_weight >= 0:
+            raise ValueError(f"dice_weight and bce_weight must be >= 0, got {dice_weight}, {bce_weight}.")
+        self.dice_weight = float(dice_weight)
+        self.bce_weight = float(bce_weight)
+        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``logits`` and ``mask`` ``[B, 1, X, Y, Z]`` (mask 0/1); returns a scalar."""
+        _check_same_shape(logits=logits, mask=mask)
+        mask = (mask > 0.5).to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), mask.float())
+        return self.dice_weight * self.dice(logits.float(), mask.float()) + self.bce_weight * bce
+
+
 class UNALoss(nn.Module):
-    """UNA's loss: ``WeightedL1GradientLoss + structure_weight * StructureContrastiveLoss``.
+    """UNA's loss: ``WeightedL1GradientLoss + structure_weight * StructureContrastiveLoss + anomaly_weight *
+    AnomalyHeadLoss``.
+
+    With ``anomaly_weight > 0`` the prediction has two channels: ``pred[:, :1]`` the healthy T1w (the L1 and
+    structure terms) and ``pred[:, 1:2]`` the logits of the anomaly head (:class:`AnomalyHeadLoss` against
+    ``lesion``).
 
     ``forward`` and :meth:`components` take the training batch's keys as keyword arguments
     (``loss(pred=..., target=..., weight=..., image=..., lesion=..., lesion_flip=..., brain_mask=...)``).
@@ -220,6 +257,7 @@ class UNALoss(nn.Module):
         alpha: numerator temperature of the structure term.
         beta: denominator prediction-flip temperature of the structure term.
         gamma: denominator prediction-input temperature of the structure term.
+        anomaly_weight: factor of the anomaly-head term (0: no head, one output channel).
     """
 
     def __init__(
@@ -230,11 +268,16 @@ class UNALoss(nn.Module):
         alpha: float = 1.0,
         beta: float = 1.0,
         gamma: float = 1.0,
+        anomaly_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not structure_weight >= 0:
             raise ValueError(f"structure_weight must be >= 0, got {structure_weight}.")
+        if not anomaly_weight >= 0:
+            raise ValueError(f"anomaly_weight must be >= 0, got {anomaly_weight}.")
         self.structure_weight = float(structure_weight)
+        self.anomaly_weight = float(anomaly_weight)
+        self.anomaly = AnomalyHeadLoss()
         self.l1 = WeightedL1GradientLoss(gradient_weight=gradient_weight, normalize=normalize)
         self.structure = StructureContrastiveLoss(alpha=alpha, beta=beta, gamma=gamma)
 
@@ -248,18 +291,33 @@ class UNALoss(nn.Module):
         lesion_flip: torch.Tensor | None = None,
         brain_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The loss and its parts: ``{"loss", "l1", "gradient", "structure"}`` (scalars, attached to the graph).
+        """The loss and its parts: ``{"loss", "l1", "gradient", "structure", "anomaly"}`` (scalars, attached to the
+        graph).
 
         Args:
-            pred: prediction ``[B, 1, X, Y, Z]``.
+            pred: prediction ``[B, 1, X, Y, Z]`` (``[B, 2, X, Y, Z]`` with the anomaly head).
             target: healthy target, same shape.
             weight: per-voxel loss weight, same shape (None: ones).
             image: network input ``[B, 2, X, Y, Z]`` (image, registered flip); needed when ``structure_weight > 0``.
-            lesion: lesion mask ``[B, 1, X, Y, Z]``; needed when ``structure_weight > 0``.
+            lesion: lesion mask ``[B, 1, X, Y, Z]``; needed when ``structure_weight > 0`` or ``anomaly_weight > 0``.
             lesion_flip: lesion mask mirrored by the flip's registration (optional).
             brain_mask: optional region restricting the L1 loss.
         """
+        expected = 2 if self.anomaly_weight > 0 else 1
+        if pred.dim() < 3 or pred.shape[1] != expected:
+            raise ValueError(
+                f"UNALoss with anomaly_weight={self.anomaly_weight} expects a prediction with {expected} channel(s), "
+                f"got shape {tuple(pred.shape)}."
+            )
+        logits, pred = pred[:, 1:], pred[:, :1]
         parts = self.l1.components(pred, target, weight, brain_mask)
+        if self.anomaly_weight > 0:
+            if lesion is None:
+                raise ValueError("UNALoss with anomaly_weight > 0 needs the batch key 'lesion'.")
+            parts["anomaly"] = self.anomaly(logits, lesion)
+            parts["loss"] = parts["loss"] + self.anomaly_weight * parts["anomaly"]
+        else:
+            parts["anomaly"] = pred.new_zeros((), dtype=torch.float32)
         if self.structure_weight > 0:
             if image is None or lesion is None:
                 raise ValueError("UNALoss with structure_weight > 0 needs the batch keys 'image' and 'lesion'.")

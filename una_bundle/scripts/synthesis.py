@@ -77,6 +77,9 @@ BLUR_FACTOR = math.log(5.0) / math.pi
 
 #: Brain window in Hounsfield units (level 40, width 80) mapped linearly onto 0-255 in the CT-like mode.
 CT_WINDOW_HU = (0.0, 80.0)
+#: Tissue orders of real MR sequences RandLabelToImage can draw, with the least spread of their three class means
+#: as a fraction of ``mean_range`` (proton density has the weakest contrast).
+TISSUE_ORDERS = {"t1": 0.4, "t2": 0.4, "flair": 0.3, "pd": 0.15}
 
 #: Typical unenhanced-CT densities (HU) of the FreeSurfer / SynthSeg labels: CSF 0-15, white matter 20-30, grey
 #: matter 35-45, blood 40-60 (so CSF < WM < GM). Label 0 (outside the brain) is air, below the window.
@@ -150,6 +153,13 @@ class RandLabelToImage(RandomizableTransform):
     is air (0). After a call, ``label_values``, ``means``, ``stds`` (0-255 scale), ``is_ct``, ``background_zero`` and
     ``pv_sigma_value`` describe the draw.
 
+    Tissue-ordered contrasts: with probability ``ordered_prob`` (and not CT) the means follow the tissue order of a
+    real MR sequence drawn from ``orders`` (``"t1"``: WM > GM > CSF, ``"t2"``: CSF > GM > WM, ``"flair"``:
+    GM > WM > CSF, ``"pd"``: CSF > GM > WM with a small spread): three sorted values ``U(mean_range)`` are given to
+    the tissue classes of ``tissue_labels`` (``{"csf": ids, "gm": ids, "wm": ids}``) and each label of a class gets
+    its class mean plus ``U(-ordered_jitter, ordered_jitter)``; other labels keep a random mean. Fully random means
+    rarely produce these orders with clear gaps, yet they are the contrasts users bring (UNA section 3.2).
+
     Partial volume: the per-voxel mean and std maps are smoothed with a Gaussian of std ``pv_sigma`` voxels before
     the per-voxel intensities are drawn. A border voxel's expected intensity is its tissue fractions (the label
     masks convolved with the voxel's point-spread function) times the tissue means; that is linear, so it equals the
@@ -170,6 +180,10 @@ class RandLabelToImage(RandomizableTransform):
             the default table is kept.
         ct_std_range_hu: (min, max) of the per-label std (HU; CT noise in a brain window is a few HU).
         ct_unknown_hu: (min, max) density drawn for labels not in ``ct_hu``.
+        ordered_prob: probability of a tissue-ordered MR contrast (0 = off: fully random means).
+        tissue_labels: ``{"csf": ids, "gm": ids, "wm": ids}``, needed when ``ordered_prob > 0``.
+        orders: the sequences drawn from, uniformly (any of ``"t1"``, ``"t2"``, ``"flair"``, ``"pd"``).
+        ordered_jitter: half-width of the per-label jitter around its class mean (0-255 scale).
         prob: probability of synthesising at all.
     """
 
@@ -187,9 +201,28 @@ class RandLabelToImage(RandomizableTransform):
         ct_jitter_hu: float = 3.0,
         ct_std_range_hu: Sequence[float] = (2.0, 6.0),
         ct_unknown_hu: Sequence[float] = (20.0, 45.0),
+        ordered_prob: float = 0.0,
+        tissue_labels: Mapping[str, Sequence[int]] | None = None,
+        orders: Sequence[str] = tuple(TISSUE_ORDERS),
+        ordered_jitter: float = 10.0,
         prob: float = 1.0,
     ) -> None:
         RandomizableTransform.__init__(self, check_probability("prob", prob))
+        self.ordered_prob = check_probability("ordered_prob", ordered_prob)
+        self.tissue_labels = {str(k): tuple(int(i) for i in v) for k, v in (tissue_labels or {}).items()}
+        if self.ordered_prob > 0 and set(self.tissue_labels) != {"csf", "gm", "wm"}:
+            raise ValueError(
+                f"RandLabelToImage: ordered_prob > 0 needs tissue_labels with keys csf, gm, wm; got "
+                f"{sorted(self.tissue_labels)}."
+            )
+        unknown = [o for o in orders if o not in TISSUE_ORDERS]
+        if unknown or not orders:
+            raise ValueError(f"RandLabelToImage: orders must be a non-empty subset of {tuple(TISSUE_ORDERS)}, got {orders}.")
+        self.orders = tuple(orders)
+        if not ordered_jitter >= 0:
+            raise ValueError(f"ordered_jitter must be >= 0, got {ordered_jitter}.")
+        self.ordered_jitter = float(ordered_jitter)
+        self.order = ""
         self.mean_range = _as_range("mean_range", mean_range, 0.0)
         self.std_range = _as_range("std_range", std_range, 0.0)
         self.pv_sigma = _as_range("pv_sigma", pv_sigma, 0.0)
@@ -214,6 +247,21 @@ class RandLabelToImage(RandomizableTransform):
         low, high = self.ct_window
         return (hu - low) * (255.0 / (high - low))
 
+    def _ordered_means(self, values: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """``means`` with the labels of each tissue class set around its class mean, in ``self.order``'s order."""
+        low, high = self.mean_range
+        spread = TISSUE_ORDERS[self.order]  # fraction of mean_range the three class means span at least
+        span = self.R.uniform(spread, 1.0) * (high - low)
+        start = self.R.uniform(low, high - span)
+        levels = np.sort(np.concatenate([[start, start + span], self.R.uniform(start, start + span, size=1)]))
+        ranking = {"t1": ("csf", "gm", "wm"), "t2": ("wm", "gm", "csf"), "flair": ("csf", "wm", "gm"),
+                   "pd": ("wm", "gm", "csf")}[self.order]  # darkest to brightest
+        out = means.copy()
+        for level, tissue in zip(levels, ranking):
+            ids = np.isin(values, self.tissue_labels[tissue])
+            out[ids] = level + self.R.uniform(-self.ordered_jitter, self.ordered_jitter, size=int(ids.sum()))
+        return np.clip(out, 0.0, 255.0)
+
     def randomize(self, label_values: Sequence[int]) -> None:
         """Draw the contrast for the labels ``label_values`` (sorted label ids present in the map)."""
         super().randomize(None)
@@ -234,6 +282,10 @@ class RandLabelToImage(RandomizableTransform):
         else:
             means = self.R.uniform(*self.mean_range, size=n)
             stds = self.R.uniform(*self.std_range, size=n)
+            self.order = ""
+            if self.R.rand() < self.ordered_prob:
+                self.order = self.orders[self.R.randint(len(self.orders))]
+                means = self._ordered_means(values, means)
         if self.background_zero:
             means[values == 0] = 0.0
             stds[values == 0] = 0.0

@@ -20,7 +20,7 @@ Pieces, in the order the config uses them:
 * :class:`ValidationQCHandler`, :class:`MLflowExtrasHandler`, :class:`EpochTimer`: a QC figure per validation, the
   parameters and loss terms in MLflow, and a progress / ETA line per epoch.
 * :func:`init_distributed`: the process group of a ``torchrun`` (multi-GPU) run.
-* :func:`training_workflow`, :func:`train` and :data:`CPU_PROFILE`: running the bundle's ``training`` id from Python
+* :func:`training_workflow`, :func:`train` and :data:`PROFILE_CONFIGS`: running the bundle's ``training`` id from Python
   (for the CLI and the tests).
 """
 
@@ -50,7 +50,7 @@ from .bundle_config import BUNDLE_ROOT, make_scripts_importable
 from .metrics import brain_l1, brain_psnr, brain_ssim
 
 __all__ = [
-    "CPU_PROFILE",
+    "PROFILE_CONFIGS",
     "set_threads",
     "seed_workflow",
     "init_distributed",
@@ -64,6 +64,7 @@ __all__ = [
     "loss_terms",
     "BrainMetric",
     "brain_metric_inputs",
+    "anomaly_dice_inputs",
     "latest_checkpoint",
     "TrainerCheckpointSaver",
     "TrainerCheckpointLoader",
@@ -81,20 +82,8 @@ __all__ = [
 logger = logging.getLogger("una.training")
 
 
-#: Overrides of ``configs/train.yaml`` for a CPU run on the 2 mm demo data (a few minutes; see docs).
-CPU_PROFILE: dict[str, Any] = {
-    "roi_size": [96, 96, 96],  # the whole 2 mm demo brain
-    "crop_size": [64, 64, 64],  # training patches
-    "network_def#levels": 4,
-    "network_def#features": 16,
-    "epoch_length": 20,
-    "max_epochs": 5,
-    "val_interval": 1,
-    "learning_rate": 1.0e-3,  # a short run: the shipped model was trained at 1e-3, then 1e-4
-    "lr_milestones": [80],
-    "log_interval": 5,
-    "num_threads": 1,
-}
+#: Config overlays on ``configs/train.yaml`` per profile: ``cpu`` is the exact recipe of the shipped weights.
+PROFILE_CONFIGS: dict[str, tuple[str, ...]] = {"full": ("train.yaml",), "cpu": ("train.yaml", "train_cpu.yaml")}
 
 #: Keys :class:`PrepareBatch` passes as the label dict by default.
 LABEL_KEYS = ("target", "weight", "lesion", "lesion_flip", "mask")
@@ -387,13 +376,27 @@ class BrainMetric(CumulativeIterationMetric):
 
 
 def brain_metric_inputs(output: Sequence[Mapping]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Output transform for :class:`BrainMetric`: the predictions clipped to [0, 1] (as at inference) and the target
-    stacked with the brain mask, from the evaluator's decollated output (label dict of :class:`PrepareBatch`)."""
+    """Output transform for :class:`BrainMetric`: the predicted healthy T1w (channel 0) clipped to [0, 1] (as at
+    inference) and the target stacked with the brain mask, from the evaluator's decollated output (label dict of
+    :class:`PrepareBatch`)."""
     preds, ys = [], []
     for item in output:
         label = item[CommonKeys.LABEL]
-        preds.append(item[CommonKeys.PRED].clamp(0, 1))
+        preds.append(item[CommonKeys.PRED][:1].clamp(0, 1))
         ys.append(torch.cat([label["target"], label["mask"].to(label["target"])], dim=0))
+    return preds, ys
+
+
+def anomaly_dice_inputs(output: Sequence[Mapping], threshold: float = 0.5) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Output transform for MONAI's ``DiceMetric`` on the anomaly head: ``sigmoid(channel 1) > threshold`` against
+    the simulated lesion mask (cases without a lesion give NaN, skipped by the mean)."""
+    preds, ys = [], []
+    for item in output:
+        pred = item[CommonKeys.PRED]
+        if pred.shape[0] < 2:
+            raise ValueError(f"anomaly_dice_inputs: the prediction has no anomaly channel, shape {tuple(pred.shape)}.")
+        preds.append((torch.sigmoid(pred[1:2].float()) > threshold).float())
+        ys.append((item[CommonKeys.LABEL]["lesion"] > 0.5).float())
     return preds, ys
 
 
@@ -597,7 +600,8 @@ def qc_figure(item: Mapping, path: str | os.PathLike, title: str = "") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image, pred = item[CommonKeys.IMAGE], item[CommonKeys.PRED].clamp(0, 1)
+    image, output = item[CommonKeys.IMAGE], item[CommonKeys.PRED]
+    pred = output[:1].clamp(0, 1)
     label = item[CommonKeys.LABEL]
     target, lesion, mask = label["target"], label.get("lesion"), label.get("mask")
     has_lesion = lesion is not None and bool((lesion > 0.5).any())
@@ -609,6 +613,8 @@ def qc_figure(item: Mapping, path: str | os.PathLike, title: str = "") -> str:
         ("target", target[0], "gray", 1.0),
         ("|prediction - target|", (pred[0] - target[0]).abs(), "magma", 0.5),
     ]
+    if output.shape[0] > 1:
+        panels.append(("anomaly head", torch.sigmoid(output[1].float()), "magma", 1.0))
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), facecolor="black")
     for ax, (name, volume, cmap, vmax) in zip(axes, panels):
         ax.imshow(_axial(volume, z), cmap=cmap, vmin=0, vmax=vmax)
@@ -719,26 +725,26 @@ def training_workflow(
     What ``python -m monai.bundle run training --config_file configs/train.yaml --dataset_dir ... --output_dir ...``
     builds, with the bundle root on ``sys.path``: a ``ConfigWorkflow`` whose ``run()`` trains and whose
     ``parser.get_parsed_content("train#trainer")`` is the trainer (to inspect it or attach handlers first).
-    ``profile="cpu"`` adds :data:`CPU_PROFILE` (2 mm demo data on a CPU); ``tracking="mlflow"`` records the run in
+    ``profile="cpu"`` adds ``configs/train_cpu.yaml`` (:data:`PROFILE_CONFIGS`, the shipped weights' recipe);
+    ``tracking="mlflow"`` records the run in
     ``<output_dir>/mlruns.db``; ``overrides`` replace config ids (``#`` ids through a dict:
     ``**{"network_def#levels": 4}``) and win over the profile.
     """
     from monai.bundle import ConfigWorkflow, create_workflow
 
-    if profile not in ("full", "cpu"):
-        raise ValueError(f"profile must be 'full' or 'cpu', got {profile!r}.")
+    if profile not in PROFILE_CONFIGS:
+        raise ValueError(f"profile must be one of {tuple(PROFILE_CONFIGS)}, got {profile!r}.")
     datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(f"no datalist.json in dataset_dir {dataset_dir} (make one: una-bundle prepare-demo).")
     root = make_scripts_importable(bundle_root)
-    settings = dict(CPU_PROFILE) if profile == "cpu" else {}
-    settings.update(overrides)
+    settings = dict(overrides)
     settings.update(
         bundle_root=str(root), dataset_dir=str(Path(dataset_dir).resolve()), output_dir=str(Path(output_dir).resolve())
     )
     return create_workflow(
         workflow_name=ConfigWorkflow,
-        config_file=str(root / "configs" / "train.yaml"),
+        config_file=[str(root / "configs" / name) for name in PROFILE_CONFIGS[profile]],
         logging_file=str(root / "configs" / "logging.conf"),
         run_id="training",
         tracking=tracking,
