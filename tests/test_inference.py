@@ -242,7 +242,43 @@ def _bad_inputs(folder):
             ValueError,
             "empty",
         ),
+        "zero_affine": (save_sform(folder / "zero.nii.gz", image, np.zeros((4, 4))), None, ValueError, "degenerate"),
+        "singular_affine": (  # two parallel columns: voxel sizes fine, determinant 0
+            save_sform(folder / "singular.nii.gz", image, affine[:, [0, 0, 2, 3]]),
+            None,
+            ValueError,
+            "degenerate affine",
+        ),
+        "complex": (save(folder / "c.nii.gz", image + 1j * image, affine, np.complex64), None, ValueError, "complex"),
+        "header_lies_gz": (forged_header(folder / "forged.nii.gz", (1200,) * 3), None, ValueError, "header declares"),
+        "header_lies_nii": (forged_header(folder / "forged.nii", (64,) * 3), None, ValueError, "truncated or its"),
+        "single_voxel": (save(folder / "voxel.nii.gz", image[:1, :1, :1], affine), None, ValueError, "a single voxel"),
     }
+
+
+def save_sform(path, data, sform):
+    """A NIfTI whose only geometry is ``sform`` (qform code 0): nibabel refuses to build one from a singular affine."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(data.shape)
+    header.set_sform(sform, code=2)
+    header["qform_code"] = 0
+    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), None, header), str(path))
+    return path
+
+
+def forged_header(path, shape):
+    """A few KB file whose header declares ``shape`` float32 voxels (1200^3: 6.9 GB)."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape)
+    header.set_sform(np.diag([1.0, 1.0, 1.0, 1.0]), code=2)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * 4 + np.random.default_rng(0).random(1000).astype(np.float32).tobytes()
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
 
 
 def _txt(folder):
@@ -252,8 +288,9 @@ def _txt(folder):
 
 
 BAD = (
-    "not_nifti wrong_extension truncated 2d single_slice 4d zeros nan missing mask_grid mask_affine mask_empty".split()
-)
+    "not_nifti wrong_extension truncated 2d single_slice 4d zeros nan missing mask_grid mask_affine mask_empty "
+    "zero_affine singular_affine complex header_lies_gz header_lies_nii single_voxel"
+).split()
 
 
 @pytest.mark.parametrize("kind", BAD)
@@ -554,3 +591,22 @@ def test_read_only_output_dir_is_one_line(case, tmp_path, unanet_ckpt, capsys, m
         err = capsys.readouterr().err
         assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
         assert f"output folder {out} is not writable (Read-only file system)" in err
+
+
+def test_check_inputd_rejects_a_degenerate_affine_and_complex_values_naming_the_file():
+    """The bundle run's check (after LoadImaged): same rules as the API's."""
+    from una_bundle.scripts.inference import CheckInputd
+
+    image, affine, _ = phantom(shape=(12, 14, 10))
+    def meta():
+        return {"filename_or_obj": "/data/scan.nii.gz"}
+
+    CheckInputd(keys="image")({"image": MetaTensor(torch.from_numpy(image)[None], affine=affine, meta=meta())})
+    singular = affine[:, [0, 0, 2, 3]]
+    for bad_affine in (np.zeros((4, 4)), singular):
+        bad = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(bad_affine), meta=meta())
+        with pytest.raises(ValueError, match="image: /data/scan.nii.gz has a degenerate affine"):
+            CheckInputd(keys="image")({"image": bad})
+    complex_image = MetaTensor(torch.from_numpy(image + 1j * image)[None], affine=affine, meta=meta())
+    with pytest.raises(ValueError, match="image: /data/scan.nii.gz holds complex values"):
+        CheckInputd(keys="image")({"image": complex_image})

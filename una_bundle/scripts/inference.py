@@ -71,7 +71,7 @@ from .anomaly_scoring import (
 )
 from .bundle_config import BUNDLE_ROOT, make_scripts_importable
 from .atomic_io import FolderInUseError, claim_folder, remove_stale_temps, write_together
-from .nifti_io import check_writable, load_volume
+from .nifti_io import check_affine, check_header, check_writable, load_volume
 from .release import file_hash
 
 __all__ = [
@@ -126,13 +126,16 @@ def _check_geometry(spatial: Sequence[int], volumes: int, name: str, what: str) 
             f"nibabel's image.slicer[..., i] or fslroi)."
         )
     if len(spatial) != 3 or min(spatial) < 2:
+        kind = ("a single voxel", "a 1D image", "a 2D image")[min(sum(int(s) >= 2 for s in spatial), 2)]
         raise ValueError(
-            f"{what}: {name} is a 2D image (shape {tuple(spatial)}); UNA needs a 3D volume with at least 2 voxels "
+            f"{what}: {name} is {kind} (shape {tuple(spatial)}); UNA needs a 3D volume with at least 2 voxels "
             f"along every axis."
         )
 
 
 def _check_values(data: torch.Tensor, name: str, what: str) -> None:
+    if torch.is_complex(data):
+        raise ValueError(f"{what}: {name} holds complex values; UNA takes a real-valued image (save its magnitude).")
     if not bool(torch.isfinite(data).all()):
         raise ValueError(f"{what}: {name} contains NaN or Inf values.")
     if what == "mask":
@@ -170,6 +173,7 @@ def _read_input(path: Path, what: str) -> tuple[nib.Nifti1Image, tuple[int, ...]
         raise ValueError(f"{what}: {path} is not a NIfTI image (nibabel reads it as {type(img).__name__}).")
     spatial, volumes = _split_shape(img.shape)
     _check_geometry(spatial, volumes, str(path), what)
+    check_header(img, path, what)  # dtype, affine, data size against the file: before any data is read
     data, affine = load_volume(path, what)  # reads the data: truncated/corrupt files, NaN/Inf
     _check_values(data, str(path), what)
     return img, tuple(data.shape), affine
@@ -189,8 +193,9 @@ class CheckInputd(MapTransform):
     """Reject inputs UNA cannot process, with a ``ValueError`` naming the file and the problem.
 
     After ``LoadImaged(ensure_channel_first=True)``: ``d[key]`` is ``[C, X, Y, Z]`` with ``C`` the number of volumes.
-    Checks: one volume, 3D (no axis of size 1), finite, neither all zero nor constant; ``d[mask_key]`` (optional)
-    finite, non-empty and on the same grid (shape and affine within 1e-3) as the image.
+    Checks: one volume, 3D (no axis of size 1), a valid affine (``nifti_io.check_affine``), real (not complex),
+    finite, neither all zero nor constant; ``d[mask_key]`` (optional) finite, non-empty and on the same grid (shape
+    and affine within 1e-3) as the image.
 
     Args:
         keys: image key(s) to check (the first one is the reference grid for the mask).
@@ -209,6 +214,8 @@ class CheckInputd(MapTransform):
         if len(shape) < 2:
             raise ValueError(f"{what}: {name} has shape {shape}; expected a channel-first 3D volume.")
         _check_geometry(shape[1:], shape[0], name, what)
+        if isinstance(image, MetaTensor):
+            check_affine(image.affine, name, what)
         _check_values(torch.as_tensor(image), name, what)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
