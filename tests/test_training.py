@@ -259,3 +259,98 @@ def test_cli_train_passes_arguments_and_maps_user_errors(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--dataset_dir", str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "datalist.json" in capsys.readouterr().err
+
+
+# --- checkpoints: atomic saves, damaged files skipped on resume, n_saved across a resume -----------------------------
+_SAVE_FOREVER = """
+import sys, torch
+from ignite.engine import Engine, Events
+from una_bundle.scripts import training
+net = torch.nn.Linear(2048, 2048)  # 16 MB per save: a kill lands inside a write most of the time
+saver = training.{saver}
+engine = Engine(lambda engine, batch: None)
+
+@engine.on(Events.ITERATION_COMPLETED)
+def better(engine):  # every epoch improves the key metric, so the best model is saved every epoch
+    engine.state.metrics = {{"l1": 1.0 / engine.state.epoch}}
+
+saver.attach(engine)
+engine.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: print("saved", flush=True))
+engine.run([0], max_epochs=10**6)
+"""
+
+
+@pytest.mark.parametrize(
+    "saver, name",
+    [
+        (
+            "BestCheckpointSaver(sys.argv[1], {{'model': net}}, key_metric_name='l1', key_metric_negative_sign=True)",
+            "model.pt",
+        ),
+        ("TrainerCheckpointSaver(sys.argv[1], {{'model': net}}, save_interval=1, n_saved=1, save_final=False)", None),
+    ],
+    ids=["best_model", "interval_n_saved_1"],
+)
+def test_checkpoints_survive_sigkill_during_a_save(tmp_path, saver, name):
+    """SIGKILL a process that saves checkpoints back to back, at several moments: every checkpoint file under its
+    final name loads, and resuming finds one (MONAI's saver left a 0-byte or truncated models/model.pt)."""
+    import signal
+    import time
+
+    for delay in (0.05, 0.13, 0.31):
+        folder = tmp_path / f"kill_{delay}"
+        code = _SAVE_FOREVER.format(saver=saver.format())
+        child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "saved"
+            time.sleep(delay)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=60)
+        final = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        assert final, "no checkpoint under a final name"
+        for path in final:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # complete, not truncated
+            assert state["weight"].shape == (2048, 2048) if name else state["model"]["weight"].shape == (2048, 2048)
+        if name is None:
+            assert latest_checkpoint(folder) in {str(p) for p in final}
+
+
+def test_resume_skips_a_damaged_best_model_and_a_damaged_newest_checkpoint(tmp_path, caplog):
+    from ignite.engine import Engine
+
+    from una_bundle.scripts.training import BestCheckpointSaver
+
+    (tmp_path / "model.pt").write_bytes(b"")  # what a kill during MONAI's in-place save left
+    saver = BestCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, key_metric_name="l1", resume=True)
+    with caplog.at_level("WARNING", logger="una.training"):
+        saver.attach(Engine(lambda engine, batch: None))  # no EOFError
+    assert f"the best model {tmp_path / 'model.pt'} is damaged" in caplog.text
+
+    torch.save({"x": torch.zeros(1000)}, tmp_path / "checkpoint_epoch=1.pt")
+    torch.save({"x": torch.ones(1000)}, tmp_path / "checkpoint_epoch=2.pt")
+    os.utime(tmp_path / "checkpoint_epoch=1.pt", (1, 1))
+    damaged = bytearray((tmp_path / "checkpoint_epoch=2.pt").read_bytes())
+    start = damaged.index(b"\x00\x00\x80\x3f")  # inside the stored tensor data: the zip directory is intact
+    damaged[start : start + 4] = b"\x00\x00\x00\x40"
+    (tmp_path / "checkpoint_epoch=2.pt").write_bytes(bytes(damaged))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="una.training"):
+        assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=1.pt")
+    assert "skipping damaged checkpoint" in caplog.text and "CRC" in caplog.text
+
+
+def test_n_saved_is_honoured_after_a_resume(tmp_path):
+    from ignite.engine import Engine
+
+    from una_bundle.scripts.training import TrainerCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    for epoch in (1, 2):  # left by the interrupted run, which kept n_saved=2
+        torch.save({"model": net.state_dict()}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    engine = Engine(lambda engine, batch: None)
+    saver = TrainerCheckpointSaver(str(tmp_path), {"model": net}, save_interval=1, n_saved=2, save_final=False)
+    saver.attach(engine)
+    engine.load_state_dict({"epoch": 2, "epoch_length": 1, "max_epochs": 5})  # as TrainerCheckpointLoader resumes
+    engine.run([0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]
