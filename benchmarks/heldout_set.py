@@ -216,7 +216,8 @@ def wedge_lesion(anatomy: Anatomy, rng: np.random.Generator, target_ml: float) -
         raise ValueError("wedge: no lateral ventricle in the hemisphere.")
     apex_ref = anatomy.world(np.array(np.nonzero(ventricle)).mean(axis=1))
     depth = ndi.distance_transform_edt(anatomy.brain, sampling=anatomy.spacing)
-    surface = anatomy.cortex & hemisphere & (depth <= 3.0) & (np.abs(x_world) >= 25.0)
+    shallow = depth <= max(3.0, 1.01 * float(anatomy.spacing.max()))  # 3 mm (one voxel on coarse test grids)
+    surface = anatomy.cortex & hemisphere & shallow & (np.abs(x_world) >= 25.0)
     cortex_point = anatomy.pick(rng, surface, "wedge's cortical end")
     axis = cortex_point - apex_ref
     length = float(np.linalg.norm(axis))
