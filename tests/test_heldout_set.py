@@ -187,3 +187,36 @@ def test_coarse_build_is_read_by_evaluation_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="no heldout.json"):
         hs.build_heldout_set(other, n_per_kind=1, spacing=4.0, overwrite=True, verbose=False)
     assert (other / "mine.txt").read_text() == "keep"
+
+
+def test_evaluate_heldout_prints_the_per_kind_table(tmp_path, capsys):
+    """A perfect model on a coarse set (predictions: the truth and the true lesion): zero L1, Dice 1, no false
+    positives, the identity's numbers beside them, and the machine."""
+    spec = importlib.util.spec_from_file_location("evaluate_heldout", ROOT / "benchmarks" / "evaluate_heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    set_dir = tmp_path / "set"
+    hs.build_heldout_set(set_dir, n_per_kind=1, spacing=4.0, verbose=False)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for case in load_cases(str(set_dir / "cases.json")):
+        truth = nib.load(case["truth"])
+        nib.save(truth, pred / f"{case['name']}_healthy.nii.gz")
+        found = nib.load(case["lesion"]) if "lesion" in case else nib.Nifti1Image(np.zeros(truth.shape), truth.affine)
+        nib.save(found, pred / f"{case['name']}_anomaly_mask.nii.gz")
+    argv = ["--set_dir", str(set_dir), "--output_dir", str(tmp_path / "eval"), "--predictions", str(pred)]
+    assert module.main(argv + ["--kinds", "t1_lesion", "t1_healthy", "t2_lesion"]) == 0
+    text = capsys.readouterr().out
+    assert "machine:" in text and "cores" in text
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| t")}
+    lesion = rows["t1_lesion"]  # kind, n, L1, L1 gain, L1 lesion, SSIM, Dice, false-positive mL
+    assert lesion[1] == "1" and lesion[2].startswith("0.000 / ")  # (the identity's: a 0.6 mL lesion, ~0.000 too)
+    assert lesion[4].startswith("0.000 / ") and float(lesion[4].split(" / ")[1]) > 0.05  # the lesion is dark
+    assert lesion[6] == "1.000" and lesion[7].strip(" |") == "0.0"
+    assert rows["t1_healthy"][2] == "0.000 / 0.000" and rows["t1_healthy"][6] == ""
+    assert float(rows["t2_lesion"][2].split(" / ")[1]) > 0.1  # a T2 input is far from the T1 truth
+    assert "t1_bias_noise" not in rows
+    assert "| t1_lesion_00 | t1_lesion | ellipsoid |" in text
+    assert (tmp_path / "eval" / "heldout_report.md").read_text().strip() == text.strip()
+    assert module.main(argv) == 2  # the metrics exist: refused without --overwrite
+    assert "exists" in capsys.readouterr().err
