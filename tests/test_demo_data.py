@@ -155,7 +155,7 @@ def test_refuses_to_overwrite_and_writes_only_inside(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty.*overwrite=True"):
+    with pytest.raises(FileExistsError, match="not empty; pass --overwrite"):
         prepare_demo(out, n_train=1, n_val=0, spacing=4.0)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     prepare_demo(out, n_train=1, n_val=0, spacing=4.0, overwrite=True)

@@ -610,3 +610,46 @@ def test_check_inputd_rejects_a_degenerate_affine_and_complex_values_naming_the_
     complex_image = MetaTensor(torch.from_numpy(image + 1j * image)[None], affine=affine, meta=meta())
     with pytest.raises(ValueError, match="image: /data/scan.nii.gz holds complex values"):
         CheckInputd(keys="image")({"image": complex_image})
+
+
+# --- command line and input folders ----------------------------------------------------------------------------------
+def test_cli_refusal_of_existing_outputs_names_the_overwrite_flag(case, tmp_path, unanet_ckpt, capsys):
+    path, _ = case
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub-01_healthy.nii.gz").write_text("an earlier result")
+    with pytest.raises(SystemExit) as info:
+        main(["infer", "--image", str(path), "--output_dir", str(out), "--checkpoint", str(unanet_ckpt)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "output exists (pass --overwrite, or overwrite=True in Python, to replace it)" in err
+    assert str(out / "sub-01_healthy.nii.gz") in err
+
+
+def test_masks_and_label_maps_in_an_input_folder_are_skipped_and_listed(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, affine, _ = phantom()
+    save(folder / "sub-01_T1w.nii.gz", image, affine)
+    skipped = ["sub-01_desc-brain_mask.nii.gz", "aparc+aseg.nii.gz", "sub-01_label-WM_probseg.nii", "lesion.nii.gz"]
+    for name in skipped:
+        save(folder / name, image > image.mean(), affine, np.uint8)
+    assert inference._collect_images(folder) == [folder / "sub-01_T1w.nii.gz"]
+    err = capsys.readouterr().err
+    assert f"image: skipped 4 file(s) in {folder} named like masks or label maps: " in err
+    assert all(name in err for name in skipped) and err.count("\n") == 1
+    assert inference.datalist_from_folder(folder) == [{"image": str(folder / "sub-01_T1w.nii.gz")}]  # bundle run
+    explicit = [folder / skipped[0], folder]
+    assert inference._collect_images(explicit) == explicit[:1] + [folder / "sub-01_T1w.nii.gz"]  # named: processed
+    (folder / "sub-01_T1w.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no .nii or .nii.gz scans in folder .* \(4 skipped as masks"):
+        inference._collect_images(folder)
+
+
+@pytest.mark.parametrize(
+    "name, skipped",
+    [("sub-01_T1w", False), ("flair", False), ("segment_3", False), ("unmasked_t2", False), ("brainmask", True)]
+    + [("T1_seg", True), ("sub-02_dseg", True), ("wmh", True), ("ROI.lesion", True), ("sub-01_mask_1", True)],
+)
+def test_which_names_look_like_masks_or_label_maps(name, skipped):
+    assert bool(inference.NOT_A_SCAN.search(name)) is skipped

@@ -550,7 +550,10 @@ def prepare_demo(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out_dir {out} exists and is not a folder.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"out_dir {out} is not empty; pass overwrite=True to write into it (files are replaced).")
+        raise FileExistsError(
+            f"out_dir {out} is not empty; pass --overwrite (overwrite=True in Python) to write into it (files are "
+            f"replaced)."
+        )
 
     start = time.perf_counter()
     source = _template_source(spacing)

@@ -14,10 +14,11 @@ configs/inference.yaml`` and :func:`infer` / :func:`run_inference` (the CLI and 
    its automatic threshold, computed on the working grid by ``scripts.anomaly_scoring``), ``Invertd`` (every spatial
    step undone: the input's own grid), clipping, and :class:`AnomalyMaskd`.
 
-The API adds what a tool needs around it: inputs are a file, a folder (its ``*.nii`` / ``*.nii.gz``) or a list;
-every input is checked before anything runs (specific ``ValueError`` / ``FileNotFoundError`` naming the file);
-existing outputs are refused unless ``overwrite``; for each input ``NAME`` it writes into ``output_dir``
-``NAME_healthy.nii.gz`` (float32, [0, 1]), ``NAME_anomaly.nii.gz`` (float32, [0, 1]), ``NAME_anomaly_mask.nii.gz``
+The API adds what a tool needs around it: inputs are a file, a folder (its ``*.nii`` / ``*.nii.gz``, except files
+named like masks or label maps, :data:`NOT_A_SCAN`, which are skipped and listed) or a list; every input is
+checked before anything runs (specific ``ValueError`` / ``FileNotFoundError`` naming the file); existing outputs
+are refused unless ``overwrite``; for each input ``NAME`` it writes into ``output_dir`` ``NAME_healthy.nii.gz``
+(float32, [0, 1]), ``NAME_anomaly.nii.gz`` (float32, [0, 1]), ``NAME_anomaly_mask.nii.gz``
 (uint8 0/1), all with the input's shape and header geometry (sform/qform copied, so the affine is identical),
 ``NAME_qc.png`` (triplanar input / reconstruction / anomaly overlay on the working grid) and ``NAME.json`` (modality,
 threshold, anomaly volume, timings per stage, checkpoint hash). Files are written under temporary names, synced and
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -108,6 +110,13 @@ CT_AIR_HU = -500.0
 CT_AIR_FRACTION = 1e-3
 GRID_ATOL = 1e-3  # mm (and direction cosines): tolerance when comparing a mask's grid with the image's
 _NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+#: in a folder given as input, files whose name has one of these words (between ``_ - . +`` or at an end) are taken
+#: for masks or label maps, not scans, and skipped (and listed); a file named explicitly is always processed
+NOT_A_SCAN = re.compile(
+    r"(?:^|[_\-.+])(mask|masks|brainmask|msk|seg|dseg|aseg|aparc|probseg|segmentation|label|labels|labelmap|lesion"
+    r"|lesions|roi|wmh)(?=$|[_\-.+])",
+    re.IGNORECASE,
+)
 
 
 # --- checks shared by the API (before anything runs) and the config's CheckInputd ----------------------------------
@@ -601,8 +610,18 @@ def _collect_images(image) -> list[Path]:
             found = sorted(
                 p for p in path.iterdir() if p.is_file() and p.name.endswith(_NIFTI_EXTENSIONS) and p.name[0] != "."
             )
+            skipped = [p for p in found if NOT_A_SCAN.search(_case_name(p))]
+            found = [p for p in found if p not in skipped]
+            names = ", ".join(p.name for p in skipped[:10]) + (f" and {len(skipped) - 10} more" * (len(skipped) > 10))
             if not found:
-                raise FileNotFoundError(f"image: no .nii or .nii.gz files in folder {path}")
+                what = f" ({len(skipped)} skipped as masks or label maps: {names})" if skipped else ""
+                raise FileNotFoundError(f"image: no .nii or .nii.gz scans in folder {path}{what}")
+            if skipped:
+                print(
+                    f"image: skipped {len(skipped)} file(s) in {path} named like masks or label maps: {names} "
+                    f"(give a file by its path to process it anyway)",
+                    file=sys.stderr,
+                )
             paths.extend(found)
         elif not path.exists():
             raise FileNotFoundError(f"image: file not found: {path}")
@@ -927,7 +946,10 @@ def run_inference(
         overwrite: replace existing outputs (otherwise ``FileExistsError``).
         config: inference config (default ``configs/inference.yaml`` of the bundle).
         checkpoint: weights (default the config's ``ckpt_path``, ``models/model.pt``); a missing file is an error.
-        spacing, roi_size, overlap, levels, features: shortcuts for the config ids of the same names.
+        spacing: the working voxel size in mm, e.g. ``[1, 1, 1]`` (config id ``spacing``; default the config's).
+        roi_size: the sliding window's size in voxels, multiples of ``2**(levels - 1)`` (config id ``roi_size``).
+        overlap: the sliding windows' overlap in [0, 1) (config id ``overlap``).
+        levels, features: UNANet's depth and first-level feature count; must match the checkpoint (config ids).
         overrides: further config ids and values (e.g. ``{"network_def": {...}}``).
         qc: write the ``NAME_qc.png`` figure.
         quiet: no progress line per case (stderr).
