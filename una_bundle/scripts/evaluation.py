@@ -32,7 +32,7 @@ Further columns, for the model and (``baseline_``) the identity unless said othe
   (a Euclidean ball of radius 2 voxels, 33 voxels), in mL; equal to ``anomaly_ml`` without a lesion mask.
 
 ``metrics.md`` holds the per-case table and, when any case has a ``kind``, a per-kind table: the mean over the cases
-of each kind (finite values only) of the model and the identity side by side.
+of each kind (NaN values left out; an infinite PSNR stays infinite) of the model and the identity side by side.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scipy import ndimage as ndi
 
 from .metrics import brain_l1, brain_psnr, brain_ssim, dice
