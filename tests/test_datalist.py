@@ -170,3 +170,63 @@ def test_bad_values(folder, changes, message):
 def test_entry_not_an_object(folder):
     with pytest.raises(ValueError, match=r"training\[0\]: expected an object with keys"):
         load_datalist(_write(folder, {"training": ["sub-01/t1.nii.gz"]}))
+
+
+# --- what training needs: integer label maps, subjects in both lists, both lists present ------------------------------
+def test_a_label_map_of_non_integer_values_is_refused(folder):
+    label = folder / "sub-02" / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 2.0, np.float32), np.eye(4)), str(label))
+    load_datalist(_with(folder, 1))  # float storage of integer ids is fine
+    data = np.full((8, 8, 8), 2.0, np.float32)
+    data[3, 4, 5] = 2.5
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(label))
+    with pytest.raises(ValueError, match=r"training\[1\].*key 'label': .*label.nii.gz holds non-integer values"):
+        load_datalist(_with(folder, 1))
+    scaled = nib.Nifti1Image(np.linspace(0, 1.5, 512, dtype=np.float32).reshape(8, 8, 8), np.eye(4))
+    scaled.set_data_dtype(np.int16)  # integers on disk with a fractional scale factor
+    nib.save(scaled, str(label))
+    assert nib.load(str(label)).get_data_dtype() == np.int16
+    with pytest.raises(ValueError, match=r"holds non-integer values"):
+        load_datalist(_with(folder, 1))
+
+
+def test_training_needs_subjects_in_both_lists_and_both_lists(folder):
+    from una_bundle.scripts.datalist import training_entries
+
+    path = _write(folder, {"training": _good_entries(), "validation": []})
+    assert load_datalist(path, "validation") == []  # the reader itself allows an empty list
+    with pytest.raises(ValueError, match=r"section 'validation' is empty \(no validation would run"):
+        training_entries(path, "validation")
+    path = _write(folder, {"training": [], "validation": _good_entries()[1:]})
+    with pytest.raises(ValueError, match=r"section 'training' is empty \(nothing to learn from\)"):
+        training_entries(path, "training")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"training": "good", "validation": []}, "section 'validation' is empty"),
+        ({"training": [], "validation": "good"}, "section 'training' is empty"),
+        ({"training": "good"}, "has no section 'validation'"),
+    ],
+)
+def test_check_datalist_and_train_fail_early_naming_the_key(folder, tmp_path, capsys, monkeypatch, data, message):
+    from una_bundle.scripts import cli, training
+
+    entries = _good_entries()
+    path = _write(folder, {k: (entries if v == "good" else v) for k, v in data.items()})
+    with pytest.raises(SystemExit) as info:
+        cli.main(["check-datalist", "--path", str(path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and message in err and str(path) in err
+    monkeypatch.setattr("monai.bundle.create_workflow", lambda *a, **k: pytest.fail("training was set up"))
+    with pytest.raises(ValueError, match=message):
+        training.train(str(folder), output_dir=str(tmp_path / "run"))
+
+
+def test_check_datalist_reports_both_lists(folder, capsys):
+    from una_bundle.scripts import cli
+
+    path = _write(folder, {"training": _good_entries(), "validation": _good_entries()[1:]})
+    cli.main(["check-datalist", "--path", str(path)])
+    assert f"{path}: valid; subjects in 'training' 2, 'validation' 1" in capsys.readouterr().out

@@ -63,15 +63,18 @@ def prepare_demo_data(
     return str(prepare_demo(out_dir, n_train=n_train, n_val=n_val, spacing=spacing, seed=seed, overwrite=overwrite))
 
 
-def check_datalist(path: str, section: str = "training", check_files: bool = True) -> str:
-    """Validate a datalist section (files, shapes, modalities); prints how many subjects it holds.
+def check_datalist(path: str, section: str = "all", check_files: bool = True) -> str:
+    """Validate a datalist as training will use it (files, shapes, modalities, integer label maps, no empty list);
+    prints how many subjects each section holds.
 
     Args:
         path: the datalist JSON file.
-        section: the list to check, e.g. ``training`` or ``validation``.
-        check_files: also open every file listed (NIfTI headers, one grid per subject).
+        section: the list to check, e.g. ``training`` or ``validation``; ``all``: both, as training needs them.
+        check_files: also open every file listed (NIfTI headers, one grid per subject, label values when float).
     """
-    return f"{path}: section '{section}' is valid, {len(load_datalist(path, section, check_files))} subjects"
+    sections = ("training", "validation") if section == "all" else (section,)
+    counts = [f"'{name}' {len(load_datalist(path, name, check_files, require_subjects=True))}" for name in sections]
+    return f"{path}: valid; subjects in {', '.join(counts)}"
 
 
 def train(

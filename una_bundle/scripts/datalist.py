@@ -27,7 +27,9 @@ Per-subject keys (paths relative to the JSON file's folder, or absolute):
 * ``subject`` (optional): a free-text identifier.
 
 ``label``, ``t1``, ``mask``, ``image`` and ``lesion`` must be 3D (or 4D with one volume) on the same grid (same
-shape, affines equal within 0.01 mm); only the NIfTI headers are read. Other top-level keys (``name``,
+shape, affines equal within 0.01 mm); only the NIfTI headers are read, except for a ``label`` map stored as floats,
+whose values are read to check they are integers. Training needs both ``training`` and ``validation`` with at least
+one subject each (``una-bundle check-datalist`` checks both). Other top-level keys (``name``,
 ``labels``, ...) are free.
 """
 
@@ -87,8 +89,25 @@ def _resolve(value, root: Path, where: str) -> str:
     return str(path if path.is_absolute() else root / path)
 
 
+def _check_integer_labels(path: Path, where: str) -> None:
+    """A label map holds integer ids: one stored as integers (unscaled) passes on its header, one stored as floats
+    (or scaled) is read and its values checked."""
+    image = nib.load(str(path))
+    scaling = (getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0))  # nibabel moves it here
+    integer_scaling = all(np.isfinite(v) and float(v).is_integer() for v in scaling)
+    if image.header.get_data_dtype().kind in "biu" and integer_scaling:
+        return
+    data = np.asarray(image.dataobj, dtype=np.float64)
+    bad = data[~np.isfinite(data) | (data != np.round(data))]
+    if bad.size:
+        raise ValueError(
+            f"{where}: {path} holds non-integer values (e.g. {bad.flat[0]}); 'label' must be an anatomy label map of "
+            f"integer ids (e.g. SynthSeg / FreeSurfer), not an image or a probability map."
+        )
+
+
 def _check_entry(entry: dict, where: str, check_files: bool) -> None:
-    """Check one resolved entry's files: they exist, are 3D and share one grid."""
+    """Check one resolved entry's files: they exist, are 3D and share one grid; the label map holds integers."""
     if not check_files:
         return
     files = [(key, entry[key]) for key in IMAGE_KEYS if key in entry]
@@ -99,6 +118,7 @@ def _check_entry(entry: dict, where: str, check_files: bool) -> None:
     grids = {key: _header(Path(entry[key]), f"{where}, key '{key}'") for key in IMAGE_KEYS if key in entry}
     for path in entry.get("lesion_pool", []):
         _header(Path(path), f"{where}, key 'lesion_pool'")
+    _check_integer_labels(Path(entry["label"]), f"{where}, key 'label'")
     ref_shape, ref_affine = grids["label"]
     for key, (shape, affine) in grids.items():
         if shape != ref_shape:
@@ -113,13 +133,17 @@ def _check_entry(entry: dict, where: str, check_files: bool) -> None:
             )
 
 
-def load_datalist(path: str | Path, section: str = "training", check_files: bool = True) -> list[dict]:
+def load_datalist(
+    path: str | Path, section: str = "training", check_files: bool = True, require_subjects: bool = False
+) -> list[dict]:
     """Read and validate one section of a decathlon-style datalist; return its entries with absolute paths.
 
     Args:
         path: the datalist JSON file.
         section: the list to read, e.g. ``training`` or ``validation``.
-        check_files: also check that the files exist and that their NIfTI headers fit (3D, one grid per subject).
+        check_files: also check that the files exist and that their NIfTI headers fit (3D, one grid per subject),
+            and that ``label`` maps hold integers.
+        require_subjects: refuse an empty section (training needs subjects in both ``training`` and ``validation``).
 
     Returns a list of dicts with the keys of ``ALLOWED_KEYS`` the entry has, paths as absolute strings,
     ``modality`` upper-case, ``lesion_pool`` a list. Raises ``FileNotFoundError`` (datalist or a listed file
@@ -141,6 +165,9 @@ def load_datalist(path: str | Path, section: str = "training", check_files: bool
     if not isinstance(entries, list):
         kind = type(entries).__name__
         raise ValueError(f"datalist {path}: section '{section}' must be a list of subjects, got {kind}.")
+    if require_subjects and not entries:
+        why = "nothing to learn from" if section == "training" else "no validation would run: no model would be saved"
+        raise ValueError(f"datalist {path}: section '{section}' is empty ({why}); list at least one subject in it.")
     root = path.parent
     out = []
     for index, entry in enumerate(entries):
@@ -186,7 +213,7 @@ def training_entries(path: str | Path, section: str = "training", check_files: b
     :func:`lesion_pool_files`).
     """
     entries = []
-    for entry in load_datalist(path, section, check_files):
+    for entry in load_datalist(path, section, check_files, require_subjects=True):
         sample = {"target": entry["t1"], "label": entry["label"], "mask": entry.get("mask", entry["label"])}
         sample["image"] = entry.get("image", entry["t1"])
         sample["modality"] = entry.get("modality", "T1") if "image" in entry else "T1"

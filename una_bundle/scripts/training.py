@@ -823,6 +823,10 @@ def training_workflow(
     datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(f"no datalist.json in dataset_dir {dataset_dir} (make one: una-bundle prepare-demo).")
+    from .datalist import load_datalist
+
+    for section in ("training", "validation"):  # one line naming the key or file now, not a traceback from the config
+        load_datalist(datalist, section, require_subjects=True)
     root = make_scripts_importable(bundle_root)
     settings = dict(overrides)
     settings.update(
