@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -180,3 +181,13 @@ def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         prepare_demo(tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        prepare_demo(tmp_path / "out", n_train=1, n_val=0, spacing=4.0)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes  # datalist.json was 0600 (mkstemp)

@@ -60,8 +60,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+from .atomic_io import write_atomic
 from .nifti_io import save_volume
 
 __all__ = [
@@ -504,16 +503,8 @@ def _template_source(spacing: float) -> dict:
 
 
 def _write_json(data: dict, path: Path) -> None:
-    """Write JSON through a temporary file in the same folder, renamed into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write JSON atomically (``atomic_io.write_atomic``: temporary file, fsync, rename; mode from the umask)."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def prepare_demo(

@@ -47,8 +47,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -59,6 +57,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import TransformBackends, convert_to_dst_type, ensure_tuple_rep
+
+from .atomic_io import write_atomic
 
 __all__ = ["flip_matrix", "register_flip", "apply_flip_registration", "FlipRegisterd"]
 
@@ -446,14 +446,8 @@ class FlipRegisterd(MapTransform):
             return torch.as_tensor(matrix, dtype=torch.float64)
         matrix = self._compute(image, mask, lr_axis)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".flipreg_", suffix=".npy", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, matrix.numpy())
-            os.replace(tmp, path)  # atomic; a concurrent worker writes the same content under the same name
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        # atomic; a concurrent worker writes the same content under the same name
+        write_atomic(path, lambda tmp: np.save(tmp, matrix.numpy()))
         return matrix
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
