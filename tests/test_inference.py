@@ -653,3 +653,20 @@ def test_masks_and_label_maps_in_an_input_folder_are_skipped_and_listed(tmp_path
 )
 def test_which_names_look_like_masks_or_label_maps(name, skipped):
     assert bool(inference.NOT_A_SCAN.search(name)) is skipped
+
+
+def test_bundle_run_folder_inputs_have_their_headers_checked_before_any_data_is_read(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, affine, _ = phantom(shape=(12, 14, 10))
+    save(folder / "a.nii.gz", image, affine)
+    assert inference.datalist_from_folder(folder) == [{"image": str(folder / "a.nii.gz")}]
+    forged = forged_header(folder / "b.nii.gz", (1200,) * 3)
+
+    def no_data(*args, **kwargs):
+        pytest.fail("data read before the header was checked")
+
+    for name in ("__array__", "get_unscaled", "__getitem__"):
+        monkeypatch.setattr(nib.arrayproxy.ArrayProxy, name, no_data)
+    with pytest.raises(ValueError, match=f"image: {forged}: the header declares 1200x1200x1200 voxels of float32"):
+        inference.datalist_from_folder(folder)

@@ -631,10 +631,22 @@ def _collect_images(image) -> list[Path]:
 
 
 def datalist_from_folder(folder: str | Path) -> list[dict]:
-    """``[{"image": path}, ...]`` for every ``*.nii`` / ``*.nii.gz`` in ``folder`` (sorted); the bundle run's inputs."""
+    """``[{"image": path}, ...]`` for every ``*.nii`` / ``*.nii.gz`` in ``folder`` (sorted); the bundle run's inputs.
+
+    Every file's NIfTI header is checked here (``nifti_io.check_header``: dimensions, real dtype, affine, data size
+    against the file), before ``LoadImaged`` reads any data: a forged header cannot make the run allocate gigabytes.
+    """
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"dataset_dir {folder} is not a folder; pass --dataset_dir FOLDER or --datalist LIST.")
-    return [{"image": str(p)} for p in _collect_images(folder)]
+    images = _collect_images(folder)
+    for path in images:
+        try:
+            image = nib.load(str(path))  # the header only
+        except Exception as err:  # nibabel raises many types for files that are not NIfTI
+            raise ValueError(f"image: {path} is not a readable NIfTI image ({type(err).__name__}: {err}).") from err
+        if isinstance(image, nib.Nifti1Image):
+            check_header(image, path, "image")
+    return [{"image": str(p)} for p in images]
 
 
 def check_bundle_outputs(datalist: Sequence[Mapping], output_dir: str | Path, overwrite: bool = False) -> None:
