@@ -1,6 +1,8 @@
 """The command line: flags checked before anything runs, help printed (no pager) with every flag described."""
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 
@@ -35,7 +37,7 @@ def test_help_is_printed_and_describes_every_flag_with_its_default(name, monkeyp
     cli.main([name, "--help"])  # returns: printed, no pager, no exit
     text = capsys.readouterr().out
     assert text.startswith(f"usage: una-bundle {name}")
-    for param in inspect.signature(cli.COMMANDS[name]).parameters.values():
+    for param in inspect.signature(cli.command_function(name)).parameters.values():
         if param.kind is param.VAR_KEYWORD:
             assert "--KEY VALUE" in text
             continue
@@ -44,6 +46,19 @@ def test_help_is_printed_and_describes_every_flag_with_its_default(name, monkeyp
         assert len(block) == 2, f"--{param.name} ({default}) missing from:\n{text}"
         description = block[1].split("\n")[1]
         assert description.startswith("      ") and description.strip() and "not documented" not in description
+
+
+def test_help_imports_neither_torch_nor_monai():
+    """Help and the flag check read the sources: no torch / MONAI import (seconds), python-fire's pager never used."""
+    code = (
+        "import sys; from una_bundle.scripts import cli\n"
+        "for argv in ([], ['infer', '--help'], ['train', '--help']): cli.main(argv)\n"
+        "heavy = sorted(m for m in ('torch', 'monai', 'nibabel') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--output_dir" in done.stdout and "--max_epochs" in done.stdout
 
 
 def test_overview_help_lists_every_command(capsys):

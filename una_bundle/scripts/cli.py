@@ -3,28 +3,24 @@
 
 User errors (missing or unreadable files, outputs that exist, bad parameters, unknown flags) end with a one-line
 message on stderr and exit code 2 instead of a traceback. Flags are checked against the command's arguments before
-anything runs (python-fire alone would run the command, then complain about a misspelt flag).
+anything runs (python-fire alone would run the command, then complain about a misspelt flag). Help and the flag
+check read the commands' signatures and docstrings from their source (``ast``), so they import neither torch nor
+MONAI and answer at once; a command's module is imported only to run it.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
-import inspect
+import functools
+import importlib
 import json
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import fire
-
-from . import training
-from .anomaly_gallery import generate_anomalies
-from .datalist import load_datalist
-from .demo_case import run_demo
-from .demo_data import prepare_demo
-from .evaluation import evaluate
-from .inference import infer
-from .pipeline_preview import preview_pipeline
 
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
 
@@ -39,6 +35,8 @@ def demo(output_dir: str = "una_demo", seed: int = 0, device: str = "cpu", overw
         device: torch device of the network, e.g. ``cuda``.
         overwrite: replace the outputs of an earlier run.
     """
+    from .demo_case import run_demo
+
     return run_demo(output_dir=output_dir, seed=seed, device=device, overwrite=overwrite)
 
 
@@ -60,6 +58,8 @@ def prepare_demo_data(
         seed: random seed of the subjects' deformations.
         overwrite: write into a non-empty ``out_dir`` (files are replaced).
     """
+    from .demo_data import prepare_demo
+
     return str(prepare_demo(out_dir, n_train=n_train, n_val=n_val, spacing=spacing, seed=seed, overwrite=overwrite))
 
 
@@ -72,6 +72,8 @@ def check_datalist(path: str, section: str = "all", check_files: bool = True) ->
         section: the list to check, e.g. ``training`` or ``validation``; ``all``: both, as training needs them.
         check_files: also open every file listed (NIfTI headers, one grid per subject, label values when float).
     """
+    from .datalist import load_datalist
+
     sections = ("training", "validation") if section == "all" else (section,)
     counts = [f"'{name}' {len(load_datalist(path, name, check_files, require_subjects=True))}" for name in sections]
     return f"{path}: valid; subjects in {', '.join(counts)}"
@@ -99,6 +101,8 @@ def train(
         resume: continue from the newest checkpoint in ``<output_dir>/models`` (``--noresume``: start afresh).
         overrides: other config ids, a dict or JSON string, e.g. ``'{"network_def#levels": 3}'``.
     """
+    from . import training
+
     if isinstance(overrides, str):
         try:
             overrides = json.loads(overrides)
@@ -115,16 +119,57 @@ def train(
     )
 
 
+#: command -> ``module:function`` of ``una_bundle.scripts``; the module is imported only when the command runs
 COMMANDS = {
-    "demo": demo,
-    "anomalies": generate_anomalies,
-    "prepare-demo": prepare_demo_data,
-    "check-datalist": check_datalist,
-    "preview": preview_pipeline,
-    "infer": infer,
-    "evaluate": evaluate,
-    "train": train,
+    "demo": "cli:demo",
+    "anomalies": "anomaly_gallery:generate_anomalies",
+    "prepare-demo": "cli:prepare_demo_data",
+    "check-datalist": "cli:check_datalist",
+    "preview": "pipeline_preview:preview_pipeline",
+    "infer": "inference:infer",
+    "evaluate": "evaluation:evaluate",
+    "train": "cli:train",
 }
+
+
+def command_function(name: str):
+    """The function behind command ``name`` (imports its module)."""
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
+
+
+@functools.lru_cache(maxsize=None)
+def _functions(module: str) -> dict[str, ast.FunctionDef]:
+    """The top-level functions of ``una_bundle/scripts/<module>.py``, parsed, not imported."""
+    tree = ast.parse(Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8"))
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def _source(name: str) -> tuple[str, ast.FunctionDef]:
+    module, function = COMMANDS[name].split(":")
+    return module, _functions(module)[function]
+
+
+def _parameters(node: ast.FunctionDef) -> list[tuple[str, str | None, object]]:
+    """``[(name, kind, default node)]`` of a parsed function: kind ``None`` for a plain argument (default node or
+    ``None`` when required), ``"**"`` for ``**kwargs``."""
+    args = node.args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    params = [(a.arg, None, d) for a, d in zip(positional, defaults)]
+    params += [(a.arg, None, d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+    if args.kwarg is not None:
+        params.append((args.kwarg.arg, "**", None))
+    return params
+
+
+def _default(node) -> tuple[str, bool]:
+    """``(shown default, is a bool)`` of a default's expression."""
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        return ast.unparse(node), False
+    return repr(value), isinstance(value, bool)
 
 
 #: flags python-fire itself understands (after a lone ``--``, or ``--help`` anywhere)
@@ -149,62 +194,62 @@ def _args_section(doc: str) -> list[tuple[list[str], str]]:
     return entries
 
 
-def _flag_docs(func) -> dict[str, str]:
-    """Descriptions of ``func``'s arguments: its docstring's ``Args:``, completed from the functions of its module it
-    refers to (``:func:`name```), e.g. ``infer`` from ``run_inference``."""
-    doc = inspect.getdoc(func) or ""
+def _flag_docs(name: str) -> dict[str, str]:
+    """Descriptions of command ``name``'s arguments: its docstring's ``Args:``, completed from the functions of its
+    module it refers to (``:func:`name```, e.g. ``infer`` from ``run_inference``), then from the commands it refers
+    to (``una-bundle NAME``, e.g. ``evaluate``: "as for una-bundle infer")."""
+    module, node = _source(name)
+    doc = ast.get_docstring(node) or ""
     sources = [doc]
-    module = sys.modules.get(getattr(func, "__module__", ""), None)
-    for name in re.findall(r":func:`[~.]?([\w.]+)`", doc):
-        target = getattr(module, name.split(".")[-1], None)
-        if callable(target):
-            sources.append(inspect.getdoc(target) or "")
+    for ref in re.findall(r":func:`[~.]?([\w.]+)`", doc):
+        target = _functions(module).get(ref.split(".")[-1])
+        if target is not None:
+            sources.append(ast.get_docstring(target) or "")
     docs: dict[str, str] = {}
     for source in sources:
         for names, text in _args_section(source):
-            for name in names:
-                docs.setdefault(name, text)
+            for flag in names:
+                docs.setdefault(flag, text)
+    for other in re.findall(r"una-bundle ([\w-]+)", doc):
+        if other in COMMANDS and other != name:
+            for flag, text in _flag_docs(other).items():
+                docs.setdefault(flag, text)
     return docs
 
 
-def _summary(func) -> str:
-    """The docstring of ``func`` up to its ``Args:`` section."""
-    return (inspect.getdoc(func) or "").split("\nArgs:")[0].split("\nArguments:")[0].strip()
+def _summary(name: str) -> str:
+    """The docstring of command ``name`` up to its ``Args:`` section."""
+    doc = ast.get_docstring(_source(name)[1]) or ""
+    return doc.split("\nArgs:")[0].split("\nArguments:")[0].strip()
 
 
 def command_help(name: str) -> str:
     """The ``--help`` text of command ``name``: what it does, then every flag with its default and description."""
-    func = COMMANDS[name]
-    docs = _flag_docs(func)
-    for other in re.findall(r"una-bundle ([\w-]+)", inspect.getdoc(func) or ""):  # evaluate: "as for una-bundle infer"
-        for flag, text in _flag_docs(COMMANDS[other]).items() if other in COMMANDS else ():
-            docs.setdefault(flag, text)
-    params = list(inspect.signature(func).parameters.values())
-    required = " ".join(f"--{p.name} VALUE" for p in params if p.default is p.empty and p.kind is not p.VAR_KEYWORD)
-    lines = [f"usage: una-bundle {name} {required} [flags]".replace("  ", " "), "", _summary(func), "", "flags:"]
-    for p in params:
-        if p.kind is p.VAR_POSITIONAL:
-            continue
-        if p.kind is p.VAR_KEYWORD:
-            flag, default = "--KEY VALUE", f"further keyword arguments ({p.name})"
+    docs = _flag_docs(name)
+    params = _parameters(_source(name)[1])
+    required = " ".join(f"--{flag} VALUE" for flag, kind, default in params if kind is None and default is None)
+    lines = [f"usage: una-bundle {name} {required} [flags]".replace("  ", " "), "", _summary(name), "", "flags:"]
+    for flag, kind, node in params:
+        if kind == "**":
+            option, default = "--KEY VALUE", f"further keyword arguments ({flag})"
         else:
-            flag = f"--{p.name}"
-            default = "required" if p.default is p.empty else f"default: {p.default!r}"
-            if isinstance(p.default, bool):
-                default += f"; --{p.name} / --no{p.name}"
-        lines.append(f"  {flag}  ({default})")
-        text = docs.get(p.name) or "(not documented)"
+            option, default = f"--{flag}", "required"
+            if node is not None:
+                shown, is_bool = _default(node)
+                default = f"default: {shown}" + (f"; --{flag} / --no{flag}" if is_bool else "")
+        lines.append(f"  {option}  ({default})")
+        text = docs.get(flag) or "(not documented)"
         lines += textwrap.wrap(text, 116, initial_indent="      ", subsequent_indent="      ")
     lines += ["", "Flags may also be given in order, without their names; lists as '[1,2]', dicts as JSON."]
     return "\n".join(lines)
 
 
 def overview_help() -> str:
-    """The ``una-bundle --help`` text: the commands with the first line of their description."""
+    """The ``una-bundle --help`` text: the commands with the first sentence of their description."""
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: una-bundle COMMAND [--flag VALUE ...]", "", "commands:"]
-    for name, func in COMMANDS.items():
-        first = re.split(r"(?<=[.;:])\s", " ".join(_summary(func).split()), maxsplit=1)[0].rstrip(".;:")
+    for name in COMMANDS:
+        first = re.split(r"(?<=[.;:])\s", " ".join(_summary(name).split()), maxsplit=1)[0].rstrip(".;:")
         lines.append(f"  {name.ljust(width)}  {textwrap.shorten(first, 116 - width, placeholder=' ...')}")
     lines += ["", "una-bundle COMMAND --help describes the command's flags and their defaults."]
     return "\n".join(lines)
@@ -219,11 +264,10 @@ def check_flags(argv: list[str]) -> None:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ValueError(f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}.")
-    params = inspect.signature(COMMANDS[command]).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        names = None  # takes any keyword
-    else:
-        names = set(params)
+    params = _parameters(_source(command)[1])
+    names = [flag for flag, kind, _ in params if kind is None]
+    if any(kind == "**" for _, kind, _ in params):
+        return  # takes any keyword
     for token in argv[1:]:
         if token == "--":  # python-fire's own flags follow
             break
@@ -231,12 +275,12 @@ def check_flags(argv: list[str]) -> None:
             continue
         flag = token[2:].split("=", 1)[0]
         key = flag.replace("-", "_")
-        if flag in _FIRE_FLAGS or names is None or key in names or (key.startswith("no") and key[2:] in names):
+        if flag in _FIRE_FLAGS or key in names or (key.startswith("no") and key[2:] in names):
             continue
-        close = difflib.get_close_matches(key, sorted(names), n=1)
+        close = difflib.get_close_matches(key, names, n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         raise ValueError(
-            f"{command}: unknown flag --{flag}{hint}; its flags: {', '.join('--' + n for n in params)} "
+            f"{command}: unknown flag --{flag}{hint}; its flags: {', '.join('--' + n for n in names)} "
             f"(una-bundle {command} --help describes them)."
         )
 
@@ -252,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         check_flags(argv)
-        fire.Fire(COMMANDS, command=argv, name="una-bundle")
+        names = [argv[0]] if argv[0] in COMMANDS else list(COMMANDS)
+        fire.Fire({name: command_function(name) for name in names}, command=argv, name="una-bundle")
     except USER_ERRORS as err:
         print(f"una-bundle: error: {err}", file=sys.stderr)
         sys.exit(2)
