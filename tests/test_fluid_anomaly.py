@@ -105,11 +105,33 @@ def test_dictionary_version_keys_determinism_and_prob(brain_image):
         ({"prob": 1.5}, "prob"),
         ({"random_shape_prob": -0.1}, "random_shape_prob"),
         ({"backend": "numpy"}, "backend"),
+        ({"shape_periods": (3, 2)}, "shape_periods"),
+        ({"shape_periods": 0}, "shape_periods"),
+        ({"percentile_sampling": "normal"}, "percentile_sampling"),
+        ({"percentile_sampling": "log", "percentile_range": (90, 100)}, "below 100"),
     ],
 )
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FluidAnomaly(**kwargs)
+
+
+def test_log_percentile_sampling_spreads_volumes_over_orders_of_magnitude(brain_image):
+    # no flow (magnitude 0, one time point): the mask is the thresholded initial shape, its size set by the percentile
+    img, brain = brain_image
+    common = dict(magnitude=0.0, nt_range=(1, 1), threshold=0.0, percentile_range=(90.0, 99.9))
+    fractions = {}
+    for sampling in ("uniform", "log"):
+        transform = FluidAnomaly(percentile_sampling=sampling, shape_periods=(1.5, 4.0), **common)
+        sizes = []
+        for seed in range(40):
+            _, mask = transform.set_random_state(seed)(img, brain)
+            sizes.append(float(mask.sum()))
+        fractions[sampling] = np.array(sizes) / float(brain.sum())
+    # uniform in q: the kept share is mostly a few % of the grid; log-uniform: spread evenly over orders of magnitude
+    for q in (25, 50):
+        assert np.percentile(fractions["log"], q) < 0.5 * np.percentile(fractions["uniform"], q)
+    assert fractions["log"].max() > 0.03  # large lesions still drawn
 
 
 def test_bad_pool_files_and_inputs(tmp_path, brain_image):

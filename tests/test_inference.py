@@ -30,7 +30,7 @@ from una_bundle.scripts.network import UNANet
 
 FAST = {"spacing": [2.5, 2.5, 2.5], "roi_size": [32, 32, 32], "levels": 3, "features": 8}
 CONV = {"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 1, "kernel_size": 1}
-OUTPUTS = ("_healthy.nii.gz", "_anomaly.nii.gz", "_anomaly_mask.nii.gz", "_qc.png", ".json")
+OUTPUTS = ("_healthy.nii.gz", "_synthesized.nii.gz", "_anomaly.nii.gz", "_anomaly_mask.nii.gz", "_qc.png", ".json")
 
 
 def oblique_lps_affine(voxel=(1.2, 1.0, 3.0), degrees=(20.0, 10.0, 0.0), origin=(40.0, -30.0, 12.0)) -> np.ndarray:
@@ -76,7 +76,7 @@ def conv_checkpoint(path, weight=(0.0, 0.0)):
 def unanet_ckpt(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(UNANet(levels=3, features=8).state_dict(), str(path))
+    torch.save(UNANet(levels=3, features=8, out_channels=2).state_dict(), str(path))
     return path
 
 
@@ -112,7 +112,7 @@ def test_anomaly_map_finds_the_lesion_at_its_world_position(case, tmp_path):
     report = run_inference(path, out, checkpoint=ckpt, overrides=overrides, quiet=True, **FAST)[0]
     for suffix in OUTPUTS:
         assert (out / f"sub-01{suffix}").is_file()
-    for suffix in OUTPUTS[:3]:
+    for suffix in OUTPUTS[:4]:
         assert_same_grid(out / f"sub-01{suffix}", path)
     healthy = nib.load(str(out / "sub-01_healthy.nii.gz"))
     assert healthy.get_data_dtype() == np.float32 and float(np.asarray(healthy.dataobj).max()) == 0.0
@@ -354,7 +354,8 @@ def test_anomaly_mask_drops_components_below_27_mm3_on_any_grid(voxel_mm):
 def test_threshold_comes_from_the_config(case, tmp_path, unanet_ckpt):
     path, _ = case
     reports = {}
-    for name, overrides in (("fixed", {"threshold": 0.2}), ("otsu", {"threshold_method": "otsu"})):
+    difference = {"anomaly_source": "difference"}  # the difference map's threshold (the head has its own)
+    for name, overrides in (("fixed", {**difference, "threshold": 0.2}), ("otsu", {**difference, "threshold_method": "otsu"})):
         run_inference(path, tmp_path / name, checkpoint=unanet_ckpt, overrides=overrides, quiet=True, **FAST)
         reports[name] = json.loads((tmp_path / name / "sub-01.json").read_text())
     assert reports["fixed"]["threshold"] == pytest.approx(0.2)
@@ -362,6 +363,48 @@ def test_threshold_comes_from_the_config(case, tmp_path, unanet_ckpt):
     amap = np.asarray(nib.load(str(tmp_path / "fixed" / "sub-01_anomaly.nii.gz")).dataobj)
     mask = np.asarray(nib.load(str(tmp_path / "fixed" / "sub-01_anomaly_mask.nii.gz")).dataobj)
     assert not mask[amap <= 0.2].any()  # the mask never holds a voxel at or below the threshold
+
+
+def head_checkpoint(path, gain=20.0, bias=-15.0):
+    """A 1x1x1 ``Conv3d(2, 2)`` checkpoint: channel 0 (healthy) = 0.4 everywhere, channel 1 (anomaly logits) =
+    ``gain`` x input + ``bias``, so the head's probability is high only on the brightest (lesion) voxels."""
+    weight = torch.tensor([[0.0, 0.0], [gain, 0.0]], dtype=torch.float32).reshape(2, 2, 1, 1, 1)
+    torch.save({"weight": weight, "bias": torch.tensor([0.4, bias])}, str(path))
+    return path
+
+
+def test_anomaly_head_gives_the_map_its_threshold_and_the_healthy_choice(case, tmp_path):
+    path, lesion = case
+    ckpt = head_checkpoint(tmp_path / "head.pt")
+    head = {"network_def": {**CONV, "out_channels": 2}, "percentiles": [0.0, 100.0], "head_threshold": 0.7}
+    reports = {}
+    for modality in ("t1", "t2"):
+        out = tmp_path / modality
+        reports[modality] = run_inference(
+            path, out, modality=modality, checkpoint=ckpt, overrides=head, quiet=True, **FAST
+        )[0]
+    out = tmp_path / "t1"
+    amap = np.asarray(nib.load(str(out / "sub-01_anomaly.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(str(out / "sub-01_anomaly_mask.nii.gz")).dataobj)
+    assert reports["t1"]["threshold"] == pytest.approx(0.7)
+    assert np.linalg.norm(world_of_argmax(out / "sub-01_anomaly.nii.gz") - lesion) <= 6.0
+    assert mask.any() and not mask[amap <= 0.7].any()
+    # the lesion (~0.5 mL) and nothing of the brain's tissue: the head's sigmoid is ~0 below the lesion intensity
+    assert 0 < reports["t1"]["anomaly_volume_ml"] < 1.5
+    # T1w input: the healthy output is the lesion-filled input, the synthesis is written beside it; T2: the synthesis
+    assert reports["t1"]["healthy"] == "filled" and reports["t2"]["healthy"] == "synthesized"
+    healthy = {m: np.asarray(nib.load(str(tmp_path / m / "sub-01_healthy.nii.gz")).dataobj) for m in ("t1", "t2")}
+    synth = np.asarray(nib.load(str(out / "sub-01_synthesized.nii.gz")).dataobj)
+    assert np.allclose(healthy["t2"], synth, atol=1e-6)
+    assert not np.allclose(healthy["t1"], synth, atol=1e-3)
+    # filled: the input where healthy, the (flat 0.4) synthesis pasted into the bright lesion
+    image = np.asarray(nib.load(str(path)).dataobj)
+    normalised = image / image.max()
+    for tissue in (100.0,):  # the thick grey shell (resampled through the 2.5 mm working grid: not exact)
+        region = (image == tissue) & (amap < 0.05)
+        error = abs(float(healthy["t1"][region].mean()) - tissue / image.max())
+        assert error < 0.5 * abs(float(synth[region].mean()) - tissue / image.max())
+    assert healthy["t1"][mask > 0].mean() < normalised[mask > 0].mean() - 0.3
 
 
 def test_existing_output_is_refused_unless_overwrite(case, tmp_path, unanet_ckpt):
@@ -413,7 +456,7 @@ def test_missing_checkpoint_says_how_to_get_one(case, tmp_path):
 
 def test_checkpoint_of_another_network_is_refused(case, tmp_path, unanet_ckpt):
     path, _ = case
-    with pytest.raises(ValueError, match="levels=3, features=8 in the checkpoint"):
+    with pytest.raises(ValueError, match="levels=3, features=8, out_channels=2 in the checkpoint"):
         run_inference(path, tmp_path / "out", checkpoint=unanet_ckpt, quiet=True, **{**FAST, "levels": 2})
     assert not any((tmp_path / "out").iterdir())
 
@@ -461,7 +504,7 @@ def test_cli_and_bundle_run_give_the_same_healthy_image(case, tmp_path, unanet_c
     env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for suffix in OUTPUTS[:3]:
+    for suffix in OUTPUTS[:4]:
         ours, theirs = nib.load(str(cli_out / f"sub-01{suffix}")), nib.load(str(bundle_out / f"sub-01{suffix}"))
         assert ours.shape == theirs.shape == nib.load(str(path)).shape
         assert np.allclose(ours.affine, theirs.affine, atol=1e-5)

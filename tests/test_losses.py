@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from una_bundle.scripts.losses import StructureContrastiveLoss, UNALoss, WeightedL1GradientLoss
+from una_bundle.scripts.losses import AnomalyHeadLoss, StructureContrastiveLoss, UNALoss, WeightedL1GradientLoss
 
 
 def _vol(values, shape):
@@ -178,9 +178,45 @@ def test_una_loss_combines_terms():
     parts = UNALoss(structure_weight=2.0).components(**batch)
     assert parts["structure"].item() == pytest.approx(structure.item())
     assert parts["loss"].item() == pytest.approx(l1_only.item() + 2 * structure.item())
-    assert set(parts) == {"loss", "l1", "gradient", "structure"}
+    assert set(parts) == {"loss", "l1", "gradient", "structure", "anomaly"}
+    assert parts["anomaly"].item() == 0.0
     with pytest.raises(ValueError, match="'image' and 'lesion'"):
         UNALoss(structure_weight=2.0)(pred, target, weight)
+
+
+def test_anomaly_head_term_by_hand():
+    # BCE on logits 0 (p = 0.5) is log 2 everywhere; batch Dice with smoothing 1: 1 - (2 * 0.5 * n_fg + 1) / (0.5 * N
+    # + n_fg + 1)
+    logits = torch.zeros(2, 1, 4, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4, 4)
+    mask[0, 0, :2] = 1  # 32 lesion voxels in the batch of 128
+    value = AnomalyHeadLoss()(logits, mask)
+    assert value.item() == pytest.approx(math.log(2) + 1 - (32 + 1) / (64 + 32 + 1), rel=1e-5)
+    # a confident correct head is near 0, a confident wrong one is large
+    good = AnomalyHeadLoss()(20 * (2 * mask - 1), mask).item()
+    bad = AnomalyHeadLoss()(-20 * (2 * mask - 1), mask).item()
+    assert good < 1e-3 and bad > 10
+
+
+def test_una_loss_with_anomaly_head_splits_channels():
+    image, lesion = _lesion_case()
+    target = image[:, 1:].clone()
+    healthy = torch.rand(1, 1, 8, 8, 8)
+    logits = torch.randn(1, 1, 8, 8, 8)
+    pred = torch.cat([healthy, logits], dim=1).requires_grad_()
+    parts = UNALoss(anomaly_weight=0.5).components(pred, target, lesion=lesion)
+    assert parts["l1"].item() == pytest.approx(WeightedL1GradientLoss().components(healthy, target)["l1"].item())
+    assert parts["anomaly"].item() == pytest.approx(AnomalyHeadLoss()(logits, lesion).item())
+    total = WeightedL1GradientLoss()(healthy, target) + 0.5 * AnomalyHeadLoss()(logits, lesion)
+    assert parts["loss"].item() == pytest.approx(total.item())
+    parts["loss"].backward()
+    assert pred.grad[:, 1].abs().sum() > 0 and pred.grad[:, 0].abs().sum() > 0
+    with pytest.raises(ValueError, match="2 channel"):
+        UNALoss(anomaly_weight=1.0)(healthy, target, lesion=lesion)
+    with pytest.raises(ValueError, match="'lesion'"):
+        UNALoss(anomaly_weight=1.0)(pred, target)
+    with pytest.raises(ValueError, match="1 channel"):
+        UNALoss()(pred, target)
 
 
 def test_shape_mismatch_raises():

@@ -136,6 +136,32 @@ def test_label_to_image_ct_mode_tissue_order():
         assert 60 < region[2] < 110 and 100 < region[3] < 145  # WM ~27 HU, GM ~38 HU in a 0-80 HU window
 
 
+@pytest.mark.parametrize("order, ranking", [("t1", (4, 3, 2)), ("t2", (2, 3, 4)), ("flair", (4, 2, 3))])
+def test_label_to_image_tissue_ordered_contrasts(order, ranking):
+    lab = _labels()
+    tissues = {"csf": (4,), "gm": (3,), "wm": (2,)}
+    transform = RandLabelToImage(ordered_prob=1.0, tissue_labels=tissues, orders=(order,), background_zero_prob=1.0)
+    for seed in range(5):
+        out = transform.set_random_state(seed)(lab)[0]
+        assert transform.order == order and not transform.is_ct
+        means = dict(zip(transform.label_values, transform.means))
+        darkest, middle, brightest = (means[v] for v in ranking)
+        assert darkest < middle < brightest and brightest - darkest >= 0.4 * 200 - 2 * 10
+        assert max(means[v] for v in (2, 3, 4)) <= 225 + 10 and min(means[v] for v in (2, 3, 4)) >= 25 - 10
+        region = {v: float(out[_interior(lab[0] == v)].mean()) for v in ranking}
+        assert region[ranking[0]] < region[ranking[2]]
+    random_draws = RandLabelToImage(ordered_prob=0.0, tissue_labels=tissues).set_random_state(0)
+    random_draws(lab)
+    assert random_draws.order == ""
+
+
+def test_label_to_image_ordered_needs_tissues():
+    with pytest.raises(ValueError, match="tissue_labels"):
+        RandLabelToImage(ordered_prob=0.5)
+    with pytest.raises(ValueError, match="orders"):
+        RandLabelToImage(ordered_prob=0.5, tissue_labels={"csf": (4,), "gm": (3,), "wm": (2,)}, orders=("t3",))
+
+
 def test_label_to_image_ct_jitter_and_window():
     lab = _labels()
     transform = RandLabelToImage(ct_prob=1.0, ct_jitter_hu=3.0)

@@ -99,6 +99,7 @@ MODALITIES = ("auto", "ct", "mr", "t1", "t2", "flair", "pd")
 #: output file of each kind for an input ``NAME``: ``NAME + suffix``
 OUTPUT_SUFFIXES = {
     "healthy": "_healthy.nii.gz",
+    "synthesized": "_synthesized.nii.gz",
     "anomaly": "_anomaly.nii.gz",
     "anomaly_mask": "_anomaly_mask.nii.gz",
     "qc": "_qc.png",
@@ -396,21 +397,27 @@ class BrainMaskd(MapTransform):
 
 
 class AnomalyScored(Transform):
-    """Anomaly map and automatic threshold on the working grid, by ``scripts.anomaly_scoring``.
+    """Anomaly map and its threshold on the working grid, from the network's anomaly head or the difference map.
 
-    ``d[output_key] = anomaly_map(image, healthy, brain)`` (``[1, X, Y, Z]``, the prediction's metadata, so
-    ``Invertd`` maps it back) and ``d[threshold_key] = anomaly_threshold(map, brain, threshold_method, threshold)``
-    (a float); ``image`` is channel ``channel`` of ``d[image_key]`` (the normalised input, not its flip).
+    With a two-channel prediction (healthy T1w, anomaly logits) and ``source`` ``"auto"`` or ``"head"``, the map is
+    the head's probability ``sigmoid(logits)`` inside the brain and the threshold ``head_threshold``; ``d[pred_key]``
+    keeps only the healthy channel. Otherwise (``source="difference"`` or a one-channel model) the map is
+    ``scripts.anomaly_scoring.anomaly_map(image, healthy, brain)`` and the threshold
+    ``anomaly_threshold(map, brain, threshold_method, threshold)``. ``d[output_key]`` is ``[1, X, Y, Z]`` with the
+    prediction's metadata (so ``Invertd`` maps it back), ``d[threshold_key]`` a float; ``image`` is channel
+    ``channel`` of ``d[image_key]`` (the normalised input, not its flip).
 
     Args:
         image_key: the network input ``[C, X, Y, Z]``.
-        pred_key: the reconstruction ``[1, X, Y, Z]`` in [0, 1].
+        pred_key: the prediction ``[1 or 2, X, Y, Z]`` (healthy T1w in [0, 1], then the head's logits).
         mask_key: the brain mask ``[1, X, Y, Z]``.
         output_key: where to store the map.
         threshold_key: where to store the threshold.
         threshold_method: ``"fixed"`` or ``"otsu"`` (see ``anomaly_scoring.anomaly_threshold``).
         threshold: the value of ``"fixed"``.
         channel: the image's channel in ``d[image_key]``.
+        source: ``"auto"`` (the head when the prediction has one), ``"head"`` or ``"difference"``.
+        head_threshold: threshold on the head's probability.
     """
 
     def __init__(
@@ -423,9 +430,16 @@ class AnomalyScored(Transform):
         threshold_method: str = "fixed",
         threshold: float = DEFAULT_THRESHOLD,
         channel: int = 0,
+        source: str = "auto",
+        head_threshold: float = 0.5,
     ) -> None:
         if threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}.")
+        if source not in ANOMALY_SOURCES:
+            raise ValueError(f"source must be one of {ANOMALY_SOURCES}, got {source!r}.")
+        if not 0 < head_threshold < 1:
+            raise ValueError(f"head_threshold must be in (0, 1), got {head_threshold}.")
+        self.source, self.head_threshold = source, float(head_threshold)
         self.image_key, self.pred_key, self.mask_key = image_key, pred_key, mask_key
         self.output_key, self.threshold_key, self.channel = output_key, threshold_key, int(channel)
         self.threshold_method, self.threshold = threshold_method, float(threshold)
@@ -437,13 +451,25 @@ class AnomalyScored(Transform):
             pred = MetaTensor(torch.as_tensor(pred), meta=dict(getattr(image, "meta", {})))
             d[self.pred_key] = pred
         device = pred.device
-        healthy = pred.as_tensor()[0].float()
-        img = torch.as_tensor(image)[self.channel].to(device).float()
+        channels = pred.shape[0]
+        if self.source == "head" and channels < 2:
+            raise ValueError(f"AnomalyScored: source='head' needs a model with an anomaly head, got {channels} channel.")
         brain = torch.as_tensor(d[self.mask_key])[0].to(device) > 0.5
-        amap = torch.as_tensor(anomaly_map(img, healthy, brain)).to(device, torch.float32).reshape(healthy.shape)
-        d[self.threshold_key] = anomaly_threshold(amap, brain, self.threshold_method, self.threshold)
+        if channels > 1 and self.source != "difference":
+            amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain
+            d[self.threshold_key] = self.head_threshold
+        else:
+            healthy = pred.as_tensor()[0].float().clamp(0, 1)
+            img = torch.as_tensor(image)[self.channel].to(device).float()
+            amap = torch.as_tensor(anomaly_map(img, healthy, brain)).to(device, torch.float32).reshape(healthy.shape)
+            d[self.threshold_key] = anomaly_threshold(amap, brain, self.threshold_method, self.threshold)
+        d[self.pred_key] = pred[:1]
         d[self.output_key] = convert_to_dst_type(amap[None], pred, dtype=torch.float32)[0]
         return d
+
+
+#: Where the anomaly map comes from (:class:`AnomalyScored`).
+ANOMALY_SOURCES = ("auto", "head", "difference")
 
 
 class AnomalyMaskd(MapTransform):
@@ -532,12 +558,13 @@ def read_state_dict(path: Path) -> dict:
 
 
 def _unanet_settings(state: dict) -> str:
-    """``levels=…, features=…`` of a UNANet state dict, for error messages."""
+    """``levels=…, features=…, out_channels=…`` of a UNANet state dict, for error messages."""
     levels = {k.split(".")[1] for k in state if k.startswith("encoders.")}
     first = state.get("encoders.0.convs.0.conv.conv.weight")
+    head = state.get("head.conv.weight")
     if not levels or first is None:
         return "not a UNANet state dict"
-    return f"levels={len(levels)}, features={first.shape[0]}"
+    return f"levels={len(levels)}, features={first.shape[0]}" + (f", out_channels={head.shape[0]}" if head is not None else "")
 
 
 def load_pipeline(
@@ -649,10 +676,10 @@ def datalist_from_folder(folder: str | Path) -> list[dict]:
 
 def check_bundle_outputs(datalist: Sequence[Mapping], output_dir: str | Path, overwrite: bool = False) -> None:
     """For ``python -m monai.bundle run``: refuse (``FileExistsError``) before anything runs when an output of the
-    datalist's images (``NAME_healthy`` / ``NAME_anomaly`` / ``NAME_anomaly_mask.nii.gz``) exists, unless
-    ``overwrite``; the bundle run's ``SaveImaged`` would replace them silently."""
+    datalist's images (``NAME_healthy`` / ``NAME_synthesized`` / ``NAME_anomaly`` / ``NAME_anomaly_mask.nii.gz``)
+    exists, unless ``overwrite``; the bundle run's ``SaveImaged`` would replace them silently."""
     names = [_case_name(Path(str(item["image"]))) for item in datalist]
-    kinds = ("healthy", "anomaly", "anomaly_mask")
+    kinds = ("healthy", "synthesized", "anomaly", "anomaly_mask")
     paths = [_output_paths(Path(output_dir), name)[kind] for name in names for kind in kinds]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
@@ -781,7 +808,7 @@ def _qc_figure(work: dict[str, np.ndarray], spacing: Sequence[float], title: str
         if cut(mask).any():
             axes[2, col].contour(cut(mask), levels=[0.5], colors="cyan", linewidths=0.6)
         axes[0, col].set_title(label, color="white", fontsize=9)
-    for row, text in enumerate(("input (normalised)", "healthy reconstruction", "anomaly map, mask outlined")):
+    for row, text in enumerate(("input (normalised)", "healthy T1w", "anomaly map, mask outlined")):
         ax = axes[row, 0]
         ax.text(
             -0.04, 0.5, text, color="white", fontsize=8, rotation=90, va="center", ha="right", transform=ax.transAxes
@@ -835,13 +862,16 @@ def _run_case(parts: dict, image: Path, mask: Path | None, device: torch.device)
 
     work = {
         "image": arr(snapshot["image"]),
-        "healthy": arr(snapshot["pred"]),
+        "healthy": arr(snapshot["healthy"]),
         "anomaly": arr(snapshot["anomaly"]),
         "brain": arr(snapshot["brain"]) > 0.5,
     }
     work["anomaly_mask"] = (work["anomaly"] > threshold) & work["brain"]
     outputs = {
-        "healthy": arr(item["pred"]),
+        "healthy": arr(item["healthy"]),
+        "synthesized": arr(item["pred"]),
+        "healthy_kind": str(item["healthy_kind"]),
+        "t1_correlation": float(item["t1_correlation"]),
         "anomaly": arr(item["anomaly"]),
         "anomaly_mask": arr(item["anomaly_mask"], np.uint8),
         "threshold": threshold,
@@ -873,7 +903,7 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
     """Run one case and write its files atomically; returns its report."""
     start = time.perf_counter()
     outputs, work, timings = _run_case(parts, case.image, case.mask, context["device"])
-    for kind in ("healthy", "anomaly", "anomaly_mask"):
+    for kind in ("healthy", "synthesized", "anomaly", "anomaly_mask"):
         if outputs[kind].shape != case.shape:  # Invertd must give back the input's grid exactly
             raise RuntimeError(f"{case.image}: {kind} has shape {outputs[kind].shape}, the input {case.shape}.")
     volume_ml = float(outputs["anomaly_mask"].sum()) * abs(float(np.linalg.det(case.affine[:3, :3]))) / 1000.0
@@ -885,6 +915,11 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
         "modality_requested": context["modality"],
         "modality": outputs["modality"],
         "modality_rule": rule if context["modality"] == "auto" else "given",
+        "healthy": outputs["healthy_kind"],
+        "healthy_rule": "NAME_healthy is the lesion-filled input (input outside the anomaly, intensity-matched "
+        "synthesis inside) for T1w inputs (--modality t1, or auto with input-synthesis correlation >= 0.8), else "
+        "the synthesized T1w (NAME_synthesized, always written)",
+        "t1_correlation": round(outputs["t1_correlation"], 4) if np.isfinite(outputs["t1_correlation"]) else None,
         "threshold": outputs["threshold"],
         "anomaly_volume_ml": round(volume_ml, 4),
         "anomaly_voxels": int(outputs["anomaly_mask"].sum()),
@@ -897,7 +932,8 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
         "timings_s": timings,
     }
     nifti = {
-        "healthy": (np.float32, "UNA healthy T1w"),
+        "healthy": (np.float32, f"UNA healthy T1w ({outputs['healthy_kind']})"),
+        "synthesized": (np.float32, "UNA synthesized healthy T1w"),
         "anomaly": (np.float32, "UNA anomaly map"),
         "anomaly_mask": (np.uint8, "UNA anomaly mask"),
     }

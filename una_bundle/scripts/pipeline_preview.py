@@ -21,7 +21,8 @@ __all__ = ["preview_pipeline", "draw_samples"]
 
 
 def draw_samples(dataset_dir: str, n: int, seed: int = 0, overrides: dict | None = None) -> tuple[list[dict], float]:
-    """``n`` samples of the training pipeline on the datalist in ``dataset_dir``, and the seconds per sample."""
+    """``n`` samples of the training pipeline on the datalist in ``dataset_dir``, and the seconds per sample (the
+    pipeline cuts ``patches_per_volume`` patches from each synthesised volume; they are counted one by one)."""
     datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(
@@ -33,9 +34,12 @@ def draw_samples(dataset_dir: str, n: int, seed: int = 0, overrides: dict | None
     transform = parser.get_parsed_content("train#preprocessing")
     transform.set_random_state(seed)
     samples, start = [], time.perf_counter()
-    for i in range(int(n)):
-        samples.append(transform(entries[i % len(entries)]))
-    return samples, (time.perf_counter() - start) / max(int(n), 1)
+    i = 0
+    while len(samples) < int(n):
+        out = transform(entries[i % len(entries)])
+        samples.extend(out if isinstance(out, list) else [out])
+        i += 1
+    return samples[: int(n)], (time.perf_counter() - start) / max(int(n), 1)
 
 
 def _axial(volume: torch.Tensor, z: int) -> np.ndarray:

@@ -156,8 +156,10 @@ class RandLabelToImage(RandomizableTransform):
     Tissue-ordered contrasts: with probability ``ordered_prob`` (and not CT) the means follow the tissue order of a
     real MR sequence drawn from ``orders`` (``"t1"``: WM > GM > CSF, ``"t2"``: CSF > GM > WM, ``"flair"``:
     GM > WM > CSF, ``"pd"``: CSF > GM > WM with a small spread): three sorted values ``U(mean_range)`` are given to
-    the tissue classes of ``tissue_labels`` (``{"csf": ids, "gm": ids, "wm": ids}``) and each label of a class gets
-    its class mean plus ``U(-ordered_jitter, ordered_jitter)``; other labels keep a random mean. Fully random means
+    the tissue classes of ``tissue_labels`` (``{"csf": ids, "gm": ids, "wm": ids}``; the middle class between 1/4
+    and 3/4 of the span) and each label of a class gets its class mean plus a uniform jitter of at most
+    ``ordered_jitter`` (less where the gap between classes needs it: the order always holds); other labels keep a
+    random mean. Fully random means
     rarely produce these orders with clear gaps, yet they are the contrasts users bring (UNA section 3.2).
 
     Partial volume: the per-voxel mean and std maps are smoothed with a Gaussian of std ``pv_sigma`` voxels before
@@ -253,13 +255,14 @@ class RandLabelToImage(RandomizableTransform):
         spread = TISSUE_ORDERS[self.order]  # fraction of mean_range the three class means span at least
         span = self.R.uniform(spread, 1.0) * (high - low)
         start = self.R.uniform(low, high - span)
-        levels = np.sort(np.concatenate([[start, start + span], self.R.uniform(start, start + span, size=1)]))
+        levels = np.array([start, start + span * self.R.uniform(0.25, 0.75), start + span])
+        jitter = min(self.ordered_jitter, 0.45 * float(np.diff(levels).min()))  # never enough to swap two classes
         ranking = {"t1": ("csf", "gm", "wm"), "t2": ("wm", "gm", "csf"), "flair": ("csf", "wm", "gm"),
                    "pd": ("wm", "gm", "csf")}[self.order]  # darkest to brightest
         out = means.copy()
         for level, tissue in zip(levels, ranking):
             ids = np.isin(values, self.tissue_labels[tissue])
-            out[ids] = level + self.R.uniform(-self.ordered_jitter, self.ordered_jitter, size=int(ids.sum()))
+            out[ids] = level + self.R.uniform(-jitter, jitter, size=int(ids.sum()))
         return np.clip(out, 0.0, 255.0)
 
     def randomize(self, label_values: Sequence[int]) -> None:

@@ -271,8 +271,8 @@ class UNABatchLoss(torch.nn.Module):
 class LossTermsHandler:
     """Copy the loss function's ``last_terms`` (see :class:`UNABatchLoss`) into the trainer's output.
 
-    Runs at ``IterationEvents.LOSS_COMPLETED``, before MONAI decollates the output, so ``loss_l1``, ``loss_gradient``
-    and ``loss_structure`` reach the output like ``loss`` does (StatsHandler, MLflow).
+    Runs at ``IterationEvents.LOSS_COMPLETED``, before MONAI decollates the output, so ``loss_l1``, ``loss_gradient``,
+    ``loss_structure`` and ``loss_anomaly`` reach the output like ``loss`` does (StatsHandler, MLflow).
     """
 
     def attach(self, engine) -> None:
@@ -317,9 +317,10 @@ class GradientClipHandler:
 
 
 def loss_terms(output: Any) -> dict[str, float]:
-    """Output transform: ``{"loss", "loss_l1", "loss_gradient", "loss_structure", "grad_norm"}`` as floats."""
+    """Output transform: ``{"loss", "loss_l1", "loss_gradient", "loss_structure", "loss_anomaly", "grad_norm"}`` as
+    floats."""
     item = output[0] if isinstance(output, (list, tuple)) else output
-    keys = ("loss", "loss_l1", "loss_gradient", "loss_structure", "grad_norm")
+    keys = ("loss", "loss_l1", "loss_gradient", "loss_structure", "loss_anomaly", "grad_norm")
     return {k: float(item[k]) for k in keys if k in item}
 
 

@@ -1,0 +1,148 @@
+"""The lesion-filled T1w: the input where it is healthy, the network's healthy synthesis where it is anomalous.
+
+For a T1w input the best healthy image of the subject is mostly the input itself: the synthesis is a
+reconstruction (smoother, and on a brain the network never saw, not exact), while the input holds the subject's
+real anatomy everywhere but in the anomaly. :func:`fill_anomaly` therefore blends the two by the anomaly
+probability ``p`` of the network's anomaly head::
+
+    filled = (1 - w) * image + w * (gain * synthesized + offset),     w = max-filter(p)  (covers partial-volume rims)
+
+with ``gain`` and ``offset`` fitted by least squares of the synthesis onto the input over the brain where
+``p < 0.05`` (the synthesis is intensity-matched to the input before it is pasted in). Lesion-filled T1w images are
+what registration and FreeSurfer-style pipelines need (SynthSR users ask for exactly this control).
+
+For other contrasts the input is not a T1w, so only the full synthesis is a healthy T1w. :func:`looks_like_t1`
+decides for ``modality="auto"``: the input is T1w-like when its correlation with the synthesised T1w over the
+healthy-looking brain is at least ``T1_CORRELATION``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import Transform
+from monai.utils import convert_to_dst_type
+
+__all__ = ["fill_anomaly", "looks_like_t1", "healthy_kind", "FillAnomalyd", "HEALTHY_OUTPUTS", "T1_CORRELATION"]
+
+#: ``healthy_output`` settings: ``auto`` (filled for T1w-like inputs), ``filled`` or ``synthesized`` always.
+HEALTHY_OUTPUTS = ("auto", "filled", "synthesized")
+#: Least correlation (inside the healthy-looking brain) of input and synthesis for the input to count as T1w-like.
+T1_CORRELATION = 0.8
+#: Modalities whose input is (not) a T1w, whatever the correlation says.
+_T1_MODALITIES = ("t1",)
+_OTHER_MODALITIES = ("t2", "flair", "pd", "ct")
+_HEALTHY_BELOW = 0.05  # anomaly probability under which a voxel counts as healthy for the fits
+
+
+def _healthy_voxels(probability: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    return (brain > 0.5) & (probability < _HEALTHY_BELOW)
+
+
+def looks_like_t1(image: torch.Tensor, synthesized: torch.Tensor, probability: torch.Tensor, brain: torch.Tensor):
+    """Pearson correlation of ``image`` and ``synthesized`` over the healthy-looking brain, and whether it reaches
+    :data:`T1_CORRELATION`. All inputs are ``[X, Y, Z]`` on one grid; returns ``(is_t1_like, correlation)``."""
+    keep = _healthy_voxels(probability, brain)
+    if int(keep.sum()) < 100:
+        return False, float("nan")
+    x, y = image[keep].double(), synthesized[keep].double()
+    x, y = x - x.mean(), y - y.mean()
+    corr = float((x * y).sum() / ((x.square().sum() * y.square().sum()).sqrt() + 1e-12))
+    return corr >= T1_CORRELATION, corr
+
+
+def fill_anomaly(
+    image: torch.Tensor, synthesized: torch.Tensor, probability: torch.Tensor, brain: torch.Tensor, rim_voxels: int = 1
+) -> torch.Tensor:
+    """The input with its anomaly replaced by the intensity-matched synthesis (module docstring).
+
+    Args:
+        image: the normalised input ``[X, Y, Z]`` in [0, 1].
+        synthesized: the network's healthy T1w ``[X, Y, Z]``.
+        probability: the anomaly probability ``[X, Y, Z]`` in [0, 1].
+        brain: the brain mask ``[X, Y, Z]``; outside it the input is kept.
+        rim_voxels: half-width of the max filter widening the blend weight (0: the probability itself).
+    """
+    keep = _healthy_voxels(probability, brain)
+    gain, offset = 1.0, 0.0
+    if int(keep.sum()) >= 100:
+        x, y = synthesized[keep].double(), image[keep].double()
+        var = (x - x.mean()).square().mean()
+        if float(var) > 1e-12:
+            gain = float(((x - x.mean()) * (y - y.mean())).mean() / var)
+            offset = float(y.mean() - gain * x.mean())
+    weight = probability.float().clamp(0, 1)
+    if rim_voxels > 0:
+        size = 2 * int(rim_voxels) + 1
+        weight = F.max_pool3d(weight[None, None], size, stride=1, padding=int(rim_voxels))[0, 0]
+    weight = weight * (brain > 0.5)
+    filled = (1 - weight) * image.float() + weight * (gain * synthesized.float() + offset)
+    return filled.clamp(0, 1)
+
+
+def healthy_kind(setting: str, modality: str, t1_like: bool) -> str:
+    """``"filled"`` or ``"synthesized"``: which image is the healthy T1w, by ``healthy_output`` and modality."""
+    if setting not in HEALTHY_OUTPUTS:
+        raise ValueError(f"healthy_output must be one of {HEALTHY_OUTPUTS}, got {setting!r}.")
+    if setting != "auto":
+        return setting
+    modality = str(modality).lower()
+    if modality in _T1_MODALITIES:
+        return "filled"
+    if modality in _OTHER_MODALITIES:
+        return "synthesized"
+    return "filled" if t1_like else "synthesized"
+
+
+class FillAnomalyd(Transform):
+    """Add the lesion-filled T1w and choose the healthy output: ``d[output_key]`` is the filled input for T1w-like
+    inputs (see :func:`healthy_kind`) and the synthesis otherwise; ``d[kind_key]`` says which, ``d[corr_key]`` the
+    input-synthesis correlation. All volumes ``[1, X, Y, Z]`` on the working grid; the output has the synthesis's
+    metadata (so ``Invertd`` maps it back like the synthesis).
+
+    Args:
+        image_key: the network input ``[C, X, Y, Z]`` (channel 0: the normalised scan).
+        pred_key: the synthesised healthy T1w ``[1, X, Y, Z]``.
+        anomaly_key: the anomaly probability ``[1, X, Y, Z]``.
+        mask_key: the brain mask ``[1, X, Y, Z]``.
+        modality_key: the resolved modality (``t1``, ``t2``, ``mr``, ``ct``, ...).
+        output_key: where to store the healthy T1w.
+        kind_key: where to store ``"filled"`` or ``"synthesized"``.
+        corr_key: where to store the correlation.
+        healthy_output: ``auto``, ``filled`` or ``synthesized``.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        pred_key: str = "pred",
+        anomaly_key: str = "anomaly",
+        mask_key: str = "brain",
+        modality_key: str = "modality",
+        output_key: str = "healthy",
+        kind_key: str = "healthy_kind",
+        corr_key: str = "t1_correlation",
+        healthy_output: str = "auto",
+    ) -> None:
+        if healthy_output not in HEALTHY_OUTPUTS:
+            raise ValueError(f"healthy_output must be one of {HEALTHY_OUTPUTS}, got {healthy_output!r}.")
+        self.image_key, self.pred_key, self.anomaly_key, self.mask_key = image_key, pred_key, anomaly_key, mask_key
+        self.modality_key, self.output_key, self.kind_key, self.corr_key = modality_key, output_key, kind_key, corr_key
+        self.healthy_output = healthy_output
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        pred = d[self.pred_key]
+        synth = torch.as_tensor(pred)[0].float()
+        image = torch.as_tensor(d[self.image_key])[0].to(synth.device).float()
+        prob = torch.as_tensor(d[self.anomaly_key])[0].to(synth.device).float()
+        brain = torch.as_tensor(d[self.mask_key])[0].to(synth.device) > 0.5
+        t1_like, corr = looks_like_t1(image, synth, prob, brain)
+        kind = healthy_kind(self.healthy_output, d.get(self.modality_key, "auto"), t1_like)
+        healthy = fill_anomaly(image, synth, prob, brain) if kind == "filled" else synth
+        d[self.output_key] = convert_to_dst_type(healthy[None], pred, dtype=torch.float32)[0]
+        d[self.kind_key], d[self.corr_key] = kind, corr
+        return d
