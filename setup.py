@@ -8,7 +8,8 @@ here = Path(__file__).parent
 
 setup(
     name="una_bundle",
-    version="0.1.0",
+    version="0.2.0",
+    license="Apache-2.0",
     description="UNA (fluid-driven anomaly randomization) as a MONAI bundle: healthy T1w reconstruction and "
     "anomaly maps from brain scans of any contrast and resolution.",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
@@ -24,6 +25,7 @@ setup(
             "deploy/*.yaml",
             "deploy/requirements.txt",
             "large_files.yml",
+            "LICENSE",
         ]
     },
     include_package_data=True,

@@ -2,18 +2,27 @@
 
 Runs ``run_inference`` (the shipped pipeline: checks, preprocessing, registration, sliding-window network,
 postprocessing back to the input grid, writing the NIfTI files, the QC figure and the report) and prints a markdown
-table of the stage timings it reports, per setting: on CPU the CPU-sized network (levels 4, features 16) at working
-spacings 1 mm and 2 mm; on CUDA (when available) the full model (levels 6, features 64, max_features 512) at 1 mm,
-after one warm-up run. Uses ``una_bundle/models/model.pt`` when it fits the network, else random weights (said in
-the output: timings do not depend on the weights).
+table of the stage timings it reports and the peak memory (resident set size of a fresh process per setting):
 
-    .venv/bin/python benchmarks/bench_inference.py [--spacing 1 2] [--threads N]
+* ``shipped``: the bundle's ``configs/inference.yaml`` as is (1 mm, the network of ``configs/train_cpu.yaml`` with
+  its anomaly head, 96^3 windows);
+* ``v1``: the settings of the weights shipped before it, as the baseline: 2 mm working grid, levels 4, features 16,
+  one output (difference map), one 96x112x96 window;
+* ``cuda`` (when available): the full model (levels 6, features 64, max_features 512) at 1 mm, after a warm-up run.
+
+Uses ``una_bundle/models/model.pt`` when it fits the network, else random weights (said in the output: timings do
+not depend on the weights).
+
+    python benchmarks/bench_inference.py [--settings shipped v1] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import platform
 import sys
 import tempfile
@@ -29,9 +38,34 @@ from una_bundle.scripts.inference import read_state_dict, run_inference
 from una_bundle.scripts.network import UNANet
 
 
+#: Network and grid per setting; ``None`` values: the inference config's own.
+SETTINGS = {
+    "shipped": {"device": "cpu", "spacing": None, "levels": None, "features": None, "max_features": None,
+                "out_channels": None, "roi_size": None},
+    "v1": {"device": "cpu", "spacing": 2.0, "levels": 4, "features": 16, "max_features": 512, "out_channels": 1,
+           "roi_size": [96, 112, 96]},
+    "cuda": {"device": "cuda", "spacing": 1.0, "levels": 6, "features": 64, "max_features": 512, "out_channels": 2,
+             "roi_size": [160, 160, 160]},
+}
+
+
+def _resolved(net: dict) -> dict:
+    """``net`` with its ``None`` values read from ``configs/inference.yaml``."""
+    import yaml
+
+    config = yaml.safe_load((BUNDLE_ROOT / "configs" / "inference.yaml").read_text())
+    out = dict(net)
+    for key in ("levels", "features", "max_features", "out_channels", "roi_size"):
+        out[key] = config[key] if out[key] is None else out[key]
+    out["spacing"] = float(config["spacing"][0]) if out["spacing"] is None else out["spacing"]
+    return out
+
+
 def _checkpoint(folder: Path, net: dict) -> tuple[Path, str]:
     """The shipped checkpoint when it fits the network, else random weights saved in ``folder``."""
-    network = UNANet(levels=net["levels"], features=net["features"], max_features=net["max_features"])
+    network = UNANet(
+        levels=net["levels"], features=net["features"], max_features=net["max_features"], out_channels=net["out_channels"]
+    )
     shipped = BUNDLE_ROOT / "models" / "model.pt"
     if shipped.is_file():
         try:
@@ -39,7 +73,7 @@ def _checkpoint(folder: Path, net: dict) -> tuple[Path, str]:
             return shipped, "shipped models/model.pt"
         except (RuntimeError, ValueError):
             pass
-    path = folder / f"random_{net['levels']}_{net['features']}.pt"
+    path = folder / f"random_{net['levels']}_{net['features']}_{net['out_channels']}.pt"
     torch.manual_seed(0)
     torch.save(network.state_dict(), str(path))
     return path, "random weights (models/model.pt absent or another network)"
@@ -56,7 +90,7 @@ def _run(image: Path, out: Path, device: str, spacing: float, net: dict, ckpt: P
         roi_size=net["roi_size"],
         levels=net["levels"],
         features=net["features"],
-        overrides={"max_features": net["max_features"]},
+        overrides={"max_features": net["max_features"], "out_channels": net["out_channels"]},
         overwrite=True,
         quiet=True,
     )[0]
@@ -79,49 +113,61 @@ def _stages(report: dict) -> dict[str, float]:
     }
 
 
+def _measure(name: str, folder: Path) -> dict:
+    """One setting in this process: its stage timings, peak RSS and notes (run in a fresh child process)."""
+    from nilearn.datasets import load_mni152_template
+
+    net = _resolved(SETTINGS[name])
+    template = load_mni152_template(resolution=1)
+    image = folder / "in" / "mni152.nii.gz"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(template.get_fdata(), dtype=np.float32), template.affine), str(image))
+    ckpt, weights = _checkpoint(folder, net)
+    if net["device"] == "cuda":
+        _run(image, folder / "warmup", net["device"], net["spacing"], net, ckpt)  # CUDA context, cuDNN autotuning
+    report = _run(image, folder / "out", net["device"], net["spacing"], net, ckpt)
+    stages = _stages(report)
+    stages["peak memory (GiB RSS)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    label = f"{name}: {net['device']}, L{net['levels']} F{net['features']} out {net['out_channels']}, {net['spacing']:g} mm"
+    note = f"{label}: {weights}; roi {net['roi_size']}; {report['model']['parameters']:,} parameters"
+    return {"label": label, "stages": stages, "note": note, "shape": list(template.shape)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spacing", type=float, nargs="+", default=[1.0, 2.0], help="CPU working spacings (mm)")
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), help="default: shipped v1 (+ cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--child", choices=sorted(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nilearn.datasets import load_mni152_template
-
-    cpu = {"levels": 4, "features": 16, "roi_size": [96, 112, 96], "max_features": 512}
-    full = {"levels": 6, "features": 64, "roi_size": [160, 160, 160], "max_features": 512}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "in").mkdir()
-        template = load_mni152_template(resolution=1)
-        image = folder / "in" / "mni152.nii.gz"
-        nib.save(nib.Nifti1Image(np.asarray(template.get_fdata(), dtype=np.float32), template.affine), str(image))
-        settings = [("cpu", s, cpu) for s in args.spacing]
-        if torch.cuda.is_available():
-            settings.append(("cuda", 1.0, full))
-        columns, notes = {}, []
-        for device, spacing, net in settings:
-            ckpt, weights = _checkpoint(folder, net)
-            if device == "cuda":
-                _run(image, folder / "warmup", device, spacing, net, ckpt)  # CUDA context, cuDNN autotuning
-            report = _run(image, folder / "out", device, spacing, net, ckpt)
-            label = f"{device}, L{net['levels']} F{net['features']}, {spacing:g} mm"
-            columns[label] = _stages(report)
-            notes.append(f"{label}: {weights}; roi {net['roi_size']}; {report['model']['parameters']:,} parameters")
+    if args.child:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(_measure(args.child, Path(tmp))))
+        return
+    settings = args.settings or (["shipped", "v1"] + (["cuda"] if torch.cuda.is_available() else []))
+    results = []
+    for name in settings:
+        command = [sys.executable, __file__, "--child", name] + (["--threads", str(args.threads)] if args.threads else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"setting {name!r} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA"
-    print(f"# Inference benchmark: MNI152 1 mm template {tuple(template.shape)}, end to end\n")
+    print(f"# Inference benchmark: MNI152 1 mm template {tuple(results[0]['shape'])}, end to end\n")
     print(
-        f"machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), GPU: {name}\n"
+        f"machine: {platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load "
+        f"{os.getloadavg()[0]:.1f}), torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads), "
+        f"GPU: {name}\n"
     )
-    labels = list(columns)
+    labels = [r["label"] for r in results]
     print("| stage (s) | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))
-    for stage in next(iter(columns.values())):
-        print(f"| {stage} | " + " | ".join(f"{columns[lab][stage]:.2f}" for lab in labels) + " |")
+    for stage in results[0]["stages"]:
+        print(f"| {stage} | " + " | ".join(f"{r['stages'][stage]:.2f}" for r in results) + " |")
     print()
-    for note in notes:
-        print(f"- {note}")
+    for r in results:
+        print(f"- {r['note']}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Benchmark: seconds per training iteration and peak memory of UNA's training step, per profile.
 
-    python benchmarks/bench_training.py                      # CPU profile; + the full profile when CUDA is there
-    python benchmarks/bench_training.py --profiles cpu full --steps 5
+    python benchmarks/bench_training.py                      # CPU profiles; + the full profile when CUDA is there
+    python benchmarks/bench_training.py --profiles cpu cpu_v1 full --steps 5
 
 One iteration is what ``SupervisedTrainer`` does per batch of ``configs/train.yaml``: UNANet forward, ``UNALoss``
-(weighted L1 + gradient L1), backward, gradient-norm clipping and an AdamW step, on random tensors of the crop size
-(batch 1). Profiles:
+(weighted L1 + gradient L1, and the anomaly head's Dice + BCE when the network has two outputs), backward,
+gradient-norm clipping and an AdamW step, on random tensors of the crop size. Profiles:
 
-* ``cpu``: the CPU profile (``scripts.training.CPU_PROFILE``): 64^3 crops, 4 levels, 16 features, float32, one
-  intra-op thread;
-* ``full``: the default config: 160^3 crops, 6 levels, 64 features capped at 512, AMP (float16 autocast with a
-  ``GradScaler``), CUDA only.
+* ``cpu``: the recipe of the shipped weights, read from ``configs/train_cpu.yaml`` (crop, batch =
+  ``patches_per_volume``, network, threads), float32;
+* ``cpu_v1``: the recipe of the weights shipped before it (the baseline "before"): 64^3 crops, batch 1, 4 levels,
+  16 features, one output (no anomaly head), one thread;
+* ``full``: the default ``configs/train.yaml``: 160^3 crops, 6 levels, 64 features capped at 512, two outputs, AMP
+  (float16 autocast with a ``GradScaler``), CUDA only.
 
 Each profile runs in a fresh child process, so its peak memory is its own: the peak resident set size
 (``resource.getrusage``) on the CPU, with the RSS after start-up (torch loaded, no network) shown beside it, and
@@ -31,9 +33,34 @@ import time
 
 import torch
 
+def _cpu_recipe() -> dict:
+    """The ``cpu`` profile from ``configs/train_cpu.yaml`` (the one source of the shipped weights' recipe)."""
+    import yaml
+
+    from una_bundle import BUNDLE_ROOT
+
+    recipe = yaml.safe_load((BUNDLE_ROOT / "configs" / "train_cpu.yaml").read_text())
+    return dict(
+        crop=recipe["crop_size"][0],
+        batch=recipe["patches_per_volume"],
+        levels=recipe["network_def#levels"],
+        features=recipe["network_def#features"],
+        max_features=recipe["network_def#max_features"],
+        out_channels=2,
+        amp=False,
+        device="cpu",
+        threads=recipe["num_threads"],
+    )
+
+
 PROFILES = {
-    "cpu": dict(crop=64, levels=4, features=16, max_features=512, amp=False, device="cpu", threads=1),
-    "full": dict(crop=160, levels=6, features=64, max_features=512, amp=True, device="cuda", threads=None),
+    "cpu": _cpu_recipe(),
+    "cpu_v1": dict(
+        crop=64, batch=1, levels=4, features=16, max_features=512, out_channels=1, amp=False, device="cpu", threads=1
+    ),
+    "full": dict(
+        crop=160, batch=1, levels=6, features=64, max_features=512, out_channels=2, amp=True, device="cuda", threads=None
+    ),
 }
 
 
@@ -55,20 +82,25 @@ def measure(profile: str, steps: int, warmup: int) -> dict:
     baseline = rss_mib()
     torch.manual_seed(0)
     net = UNANet(
-        in_channels=2, out_channels=1, levels=p["levels"], features=p["features"], max_features=p["max_features"]
+        in_channels=2,
+        out_channels=p["out_channels"],
+        levels=p["levels"],
+        features=p["features"],
+        max_features=p["max_features"],
     )
     net = net.to(device)
-    loss_fn = UNALoss(gradient_weight=1.0)
+    loss_fn = UNALoss(gradient_weight=1.0, anomaly_weight=1.0 if p["out_channels"] == 2 else 0.0)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01)
     scaler = torch.amp.GradScaler("cuda") if p["amp"] else None
-    shape = (1, 1) + (p["crop"],) * 3
-    image = torch.rand((1, 2) + shape[2:], device=device)
+    shape = (p["batch"], 1) + (p["crop"],) * 3
+    image = torch.rand((p["batch"], 2) + shape[2:], device=device)
     target, weight = torch.rand(shape, device=device), 1 + torch.rand(shape, device=device)
+    lesion = (torch.rand(shape, device=device) > 0.9).float()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=p["amp"]):
-            loss = loss_fn(net(image), target, weight)
+            loss = loss_fn(net(image), target, weight, lesion=lesion)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -98,13 +130,14 @@ def measure(profile: str, steps: int, warmup: int) -> dict:
         times.append(time.perf_counter() - start)
     row = {
         "profile": profile,
-        "crop": f"{p['crop']}^3",
+        "crop": f"{p['batch']} x {p['crop']}^3",
         "network": f"{p['levels']} levels, {p['features']} features (max {p['max_features']})",
         "parameters_M": net.num_parameters() / 1e6,
         "amp": p["amp"],
         "threads": torch.get_num_threads(),
         "s_per_iteration": sorted(times)[len(times) // 2],
         "s_min": min(times),
+        "samples_per_s": p["batch"] / sorted(times)[len(times) // 2],
     }
     if device.type == "cuda":
         row["peak_memory"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA allocated)"
@@ -150,12 +183,16 @@ def main():
         if result.returncode != 0:
             raise RuntimeError(f"profile '{profile}' failed:\n{result.stderr[-3000:]}")
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    print("| profile | crop | network | parameters | AMP | threads | s/iteration (median) | fastest | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| profile | batch x crop | network | parameters | AMP | threads | s/iteration (median) | fastest | "
+        "patches/s | peak memory |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['profile']} | {r['crop']} | {r['network']} | {r['parameters_M']:.2f} M | {r['amp']} | "
-            f"{r['threads']} | {r['s_per_iteration']:.2f} | {r['s_min']:.2f} | {r['peak_memory']} |"
+            f"{r['threads']} | {r['s_per_iteration']:.2f} | {r['s_min']:.2f} | {r['samples_per_s']:.2f} | "
+            f"{r['peak_memory']} |"
         )
 
 

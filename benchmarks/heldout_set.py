@@ -355,12 +355,12 @@ def _template_source() -> dict:
     return {"channels": torch.from_numpy(channels), "labels": torch.from_numpy(labels.astype(np.float32))}, affine
 
 
-def heldout_brain(index: int, spacing: float = 1.0, source=None) -> Anatomy:
+def heldout_brain(index: int, spacing: float = 1.0, source=None, seed: int = SEED) -> Anatomy:
     """Held-out brain ``index``: the template through ``random_deformation(default_rng([SEED, 7, index]))`` on the
     demo grid at ``spacing`` mm (1 for the set; coarser only for quick tests), T1 and tissue maps 0 outside."""
     source, source_affine = source if source is not None else _template_source()
     shape, affine = dd._grid(float(spacing))
-    rng = np.random.default_rng([SEED, DEFORMATION_STREAM, int(index)])
+    rng = np.random.default_rng([seed, DEFORMATION_STREAM, int(index)])
     points = dd.random_deformation(rng, shape, affine)
     grid = dd._normalized(points, tuple(source["labels"].shape), source_affine)
     channels = source["channels"]
@@ -378,9 +378,11 @@ def _median(image: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(image[mask])) if mask.any() else float("nan")
 
 
-def _case_images(kind: str, j: int, k: int, anatomy: Anatomy, lesion: np.ndarray | None) -> tuple[np.ndarray, dict]:
+def _case_images(
+    kind: str, j: int, k: int, anatomy: Anatomy, lesion: np.ndarray | None, seed: int = SEED
+) -> tuple[np.ndarray, dict]:
     """The input image of case ``k`` of kind ``j`` and its intensity parameters."""
-    rng = np.random.default_rng([SEED, INTENSITY_STREAM, j, k])
+    rng = np.random.default_rng([seed, INTENSITY_STREAM, j, k])
     t1 = anatomy.t1
     csf_t1, wm_t1 = _median(t1, anatomy.ventricles), _median(t1, anatomy.wm_mask)
     prob = partial_volume(anatomy, lesion) if lesion is not None else None
@@ -446,6 +448,7 @@ def build_heldout_set(
     spacing: float = 1.0,
     overwrite: bool = False,
     verbose: bool = True,
+    seed: int = SEED,
 ) -> Path:
     """Build the held-out set into ``out_dir`` (module docstring); returns the path of ``cases.json``.
 
@@ -456,6 +459,8 @@ def build_heldout_set(
         spacing: voxel size in mm (1 for the set; coarser only for quick tests).
         overwrite: replace an earlier held-out set in ``out_dir``.
         verbose: one progress line per case on stderr.
+        seed: first seed of every random stream; another value gives another, disjoint set of the same design
+            (e.g. a calibration set: ``benchmarks/calibrate_threshold.py``).
     """
     if isinstance(n_per_kind, bool) or int(n_per_kind) != n_per_kind or n_per_kind < 1:
         raise ValueError(f"n_per_kind must be a positive integer, got {n_per_kind!r}.")
@@ -473,7 +478,7 @@ def build_heldout_set(
         source = _template_source()
         entries, manifest_cases = [], []
         for b in sorted({c["brain"] for c in cases}):
-            anatomy = heldout_brain(b, spacing, source)
+            anatomy = heldout_brain(b, spacing, source, seed)
             stem = f"brains/brain-{b:02d}"
             save_volume(anatomy.t1, anatomy.affine, tmp / f"{stem}_t1.nii.gz")
             save_volume(anatomy.brain, anatomy.affine, tmp / f"{stem}_mask.nii.gz", dtype=np.uint8)
@@ -482,9 +487,9 @@ def build_heldout_set(
                 case_start = time.perf_counter()
                 lesion, params = None, {}
                 if case["generator"] is not None:
-                    rng = np.random.default_rng([SEED, LESION_STREAM, case["j"], case["k"]])
+                    rng = np.random.default_rng([seed, LESION_STREAM, case["j"], case["k"]])
                     lesion, params = make_lesion(case["generator"], anatomy, rng, case["target"])
-                image, intensity = _case_images(case["kind"], case["j"], case["k"], anatomy, lesion)
+                image, intensity = _case_images(case["kind"], case["j"], case["k"], anatomy, lesion, seed)
                 name = case["name"]
                 save_volume(image, anatomy.affine, tmp / "images" / f"{name}.nii.gz")
                 entry = {"name": name, "kind": case["kind"], "image": f"images/{name}.nii.gz"}
@@ -521,7 +526,7 @@ def build_heldout_set(
             "name": "UNA held-out evaluation set",
             "description": __doc__.split("\n\n")[0],
             "source": "ICBM 2009a nonlinear symmetric T1 template and GM/WM maps shipped in nilearn",
-            "seed": SEED,
+            "seed": seed,
             "streams": {"deformation": DEFORMATION_STREAM, "lesion": LESION_STREAM, "intensity": INTENSITY_STREAM},
             "spacing": [float(spacing)] * 3,
             "n_per_kind": int(n_per_kind),
@@ -566,9 +571,15 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--spacing", type=float, default=1.0, help="mm; 1 for the set (coarser: quick tests only)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--seed", type=int, default=SEED, help=f"{SEED}: the held-out set; another: a disjoint one")
     args = parser.parse_args(argv)
+    if args.seed in (0,):
+        print("heldout_set: error: seed 0 is the training data's seed (prepare_demo).", file=sys.stderr)
+        return 2
     try:
-        path = build_heldout_set(args.out_dir, args.n_per_kind, args.kinds, args.spacing, args.overwrite)
+        path = build_heldout_set(
+            args.out_dir, args.n_per_kind, args.kinds, args.spacing, args.overwrite, seed=args.seed
+        )
     except (FileExistsError, ValueError) as err:
         print(f"heldout_set: error: {err}", file=sys.stderr)
         return 2

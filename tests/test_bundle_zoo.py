@@ -49,9 +49,9 @@ def _eager_network() -> torch.nn.Module:
 
 
 def _input(n: int = 2, seed: int = 0) -> torch.Tensor:
-    """A random input of the metadata's shape pattern ``8*n``: ``[1, 2, 8n, 8n, 8n]``."""
+    """A random input of the metadata's shape pattern ``16*n``: ``[1, 2, 16n, 16n, 16n]``."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, 2, 8 * n, 8 * n, 8 * n, generator=g)
+    return torch.rand(1, 2, 16 * n, 16 * n, 16 * n, generator=g)
 
 
 # --- metadata ---------------------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def test_metadata_has_the_specification_keys():
         assert tensor["dtype"] == "float32" and tensor["value_range"] == [0, 1]
         assert len(tensor["channel_def"]) == tensor["num_channels"]
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 2
-    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 2  # healthy T1w, anomaly logit
     assert any("2501.13370" in ref for ref in meta["references"])
 
 
@@ -82,7 +82,7 @@ def test_metadata_required_packages_are_real_distributions():
 
 
 def test_metadata_spatial_shape_fits_the_configured_network():
-    """``8*n`` must be the network's divisor ``2**(levels - 1)`` from inference.yaml."""
+    """``16*n`` must be the network's divisor ``2**(levels - 1)`` from inference.yaml."""
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
     divisor = 2 ** (int(parser.get_parsed_content("levels")) - 1)
