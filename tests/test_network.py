@@ -114,3 +114,21 @@ def test_overfits_tiny_example():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bfloat16_autocast_keeps_weights_and_float32_output():
+    torch.manual_seed(0)
+    plain = UNANet(in_channels=2, out_channels=2, levels=3, features=8)
+    fast = UNANet(in_channels=2, out_channels=2, levels=3, features=8, autocast="bfloat16")
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        ref, out = plain(x), fast(x)
+    assert out.dtype == torch.float32
+    error = float((out - ref).abs().mean())
+    assert 0 < error < 0.05 * float(ref.abs().mean())  # bfloat16 rounding: close, not identical
+    with torch.no_grad():  # TorchScript runs the float32 path
+        assert torch.allclose(torch.jit.script(fast)(x), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="autocast"):
+        UNANet(autocast="float16")
