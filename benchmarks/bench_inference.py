@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts.inference import read_state_dict, run_inference
-from una_bundle.scripts.network import UNANet
+from una_bundle.scripts.workflows.inference import read_state_dict, run_inference
+from una_bundle.scripts.model.network import UNANet
 
 
 def _checkpoint(folder: Path, net: dict) -> tuple[Path, str]:

@@ -7,7 +7,7 @@ One iteration is what ``SupervisedTrainer`` does per batch of ``configs/train.ya
 (weighted L1 + gradient L1), backward, gradient-norm clipping and an AdamW step, on random tensors of the crop size
 (batch 1). Profiles:
 
-* ``cpu``: the CPU profile (``scripts.training.CPU_PROFILE``): 64^3 crops, 4 levels, 16 features, float32, one
+* ``cpu``: the CPU profile (``scripts.workflows.training.CPU_PROFILE``): 64^3 crops, 4 levels, 16 features, float32, one
   intra-op thread;
 * ``full``: the default config: 160^3 crops, 6 levels, 64 features capped at 512, AMP (float16 autocast with a
   ``GradScaler``), CUDA only.
@@ -45,8 +45,8 @@ def rss_mib() -> float:
 
 def measure(profile: str, steps: int, warmup: int) -> dict:
     """Time ``steps`` iterations of ``profile`` after ``warmup`` ones; returns the row of the table."""
-    from una_bundle.scripts.losses import UNALoss
-    from una_bundle.scripts.network import UNANet
+    from una_bundle.scripts.model.losses import UNALoss
+    from una_bundle.scripts.model.network import UNANet
 
     p = PROFILES[profile]
     if p["threads"] is not None:

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 
-from una_bundle.scripts.anomaly_encoding import RandEncodeAnomaly
-from una_bundle.scripts.anomaly_gallery import mni152_brain
-from una_bundle.scripts.anomaly_scoring import DEFAULT_MIN_COMPONENT_MM3, anomaly_mask, anomaly_threshold
-from una_bundle.scripts.fluid_anomaly import FluidAnomaly
-from una_bundle.scripts.inference import run_inference
-from una_bundle.scripts.metrics import dice
-from una_bundle.scripts.nifti_io import load_volume, save_volume
+from una_bundle.scripts.generator.anomaly_encoding import RandEncodeAnomaly
+from una_bundle.tools.anomaly_gallery import mni152_brain
+from una_bundle.scripts.scoring.anomaly_scoring import DEFAULT_MIN_COMPONENT_MM3, anomaly_mask, anomaly_threshold
+from una_bundle.scripts.generator.fluid_anomaly import FluidAnomaly
+from una_bundle.scripts.workflows.inference import run_inference
+from una_bundle.scripts.scoring.metrics import dice
+from una_bundle.scripts.data.nifti_io import load_volume, save_volume
 
 THRESHOLDS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 

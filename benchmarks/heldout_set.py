@@ -1,9 +1,9 @@
 """The project's held-out evaluation set: MNI152 brains and lesions that training never sees, in four kinds of case.
 
 Built offline from the ICBM 2009a T1 template and grey/white-matter probability maps shipped inside nilearn (the
-project's one real brain; the label map of ``scripts.demo_data.mni152_labels``). What is held out:
+project's one real brain; the label map of ``scripts.data.demo_data.mni152_labels``). What is held out:
 
-* **Deformations.** Brain ``i`` is the template pulled through ``scripts.demo_data.random_deformation`` drawn from
+* **Deformations.** Brain ``i`` is the template pulled through ``scripts.data.demo_data.random_deformation`` drawn from
   ``np.random.default_rng([9001, 7, i])``. Training and validation subjects use ``default_rng([seed, split, index])``
   with ``seed`` 0 (the default of ``prepare_demo``) and ``split`` 0 or 1, so no held-out brain is a training one.
   1 mm, on the demo grid (``FOV_MM`` around ``FOV_CENTER_MM``: 184 x 224 x 200 voxels), skull-stripped (the T1 and
@@ -47,7 +47,7 @@ Randomness: brain ``i`` from ``default_rng([9001, 7, i])``; the lesion of case `
 ``default_rng([9001, 8, j, k])``; its intensities, bias field and noise from ``default_rng([9001, 9, j, k])``. The
 same arguments give the same files (bit for bit on one machine).
 
-Layout of ``OUT``: ``cases.json`` (the list ``scripts.evaluation.load_cases`` reads: ``image``, ``truth``,
+Layout of ``OUT``: ``cases.json`` (the list ``scripts.workflows.evaluation.load_cases`` reads: ``image``, ``truth``,
 ``lesion`` (lesion kinds), ``mask``, ``modality``, ``name``, ``kind``; paths relative to ``OUT``), ``heldout.json``
 (provenance and per case: generator, target and measured lesion volume, parameters), ``images/NAME.nii.gz``,
 ``lesions/NAME_lesion.nii.gz`` (uint8), ``brains/brain-II_{t1,mask,labels}.nii.gz``. The folder is built under a
@@ -72,8 +72,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from una_bundle.scripts import demo_data as dd
-from una_bundle.scripts.nifti_io import save_volume
+from una_bundle.scripts.data import demo_data as dd
+from una_bundle.scripts.data.nifti_io import save_volume
 
 __all__ = [
     "KINDS",

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from una_bundle.scripts.datalist import load_datalist
-from una_bundle.scripts.demo_data import (
+from una_bundle.scripts.data.datalist import load_datalist
+from una_bundle.scripts.data.demo_data import (
     BRAINSTEM,
     CSF_LABELS,
     GM_LABELS,

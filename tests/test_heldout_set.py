@@ -1,5 +1,5 @@
 """The held-out evaluation set (benchmarks/heldout_set.py): lesion generators on a small synthetic brain, the case
-plan, the artefacts, and one coarse end-to-end build that scripts.evaluation reads."""
+plan, the artefacts, and one coarse end-to-end build that scripts.workflows.evaluation reads."""
 
 import importlib.util
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from una_bundle.scripts import demo_data as dd
-from una_bundle.scripts.evaluation import load_cases
+from una_bundle.scripts.data import demo_data as dd
+from una_bundle.scripts.workflows.evaluation import load_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""UNA inference (scripts/inference.py, configs/inference.yaml): geometry round trip, bad inputs, CLI == bundle run.
+"""UNA inference (scripts/workflows/inference.py, configs/inference.yaml): geometry round trip, bad inputs, CLI == bundle run.
 
 Small synthetic brains (an ellipsoid phantom with three tissue classes, 2.5-3 mm working grid) and tiny networks keep
 the whole file well under a minute on 2 CPU cores.
@@ -16,9 +16,9 @@ import torch
 from monai.data import MetaTensor
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts import inference
-from una_bundle.scripts.cli import main
-from una_bundle.scripts.inference import (
+from una_bundle.scripts.workflows import inference
+from una_bundle.tools.cli import main
+from una_bundle.scripts.workflows.inference import (
     AnomalyMaskd,
     NormalizeBrainIntensityd,
     check_bundle_outputs,
@@ -26,7 +26,7 @@ from una_bundle.scripts.inference import (
     infer,
     run_inference,
 )
-from una_bundle.scripts.network import UNANet
+from una_bundle.scripts.model.network import UNANet
 
 FAST = {"spacing": [2.5, 2.5, 2.5], "roi_size": [32, 32, 32], "levels": 3, "features": 8}
 CONV = {"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 1, "kernel_size": 1}
@@ -549,7 +549,7 @@ def test_a_second_run_into_a_claimed_output_dir_fails_at_once(case, tmp_path, un
     out = tmp_path / "out"
     out.mkdir()
     code = (
-        "import time; from una_bundle.scripts.atomic_io import claim_folder; "
+        "import time; from una_bundle.scripts.data.atomic_io import claim_folder; "
         f"c = claim_folder({str(out)!r}); print('claimed', flush=True); time.sleep(120)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -577,7 +577,7 @@ def test_temporaries_of_a_killed_run_are_removed_with_a_message(case, tmp_path, 
     out = tmp_path / "out"
     code = f"""
 import os, signal
-from una_bundle.scripts import inference
+from una_bundle.scripts.workflows import inference
 def killed(work, spacing, title, path):
     path.write_bytes(b"half a png")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -638,7 +638,7 @@ def test_read_only_output_dir_is_one_line(case, tmp_path, unanet_ckpt, capsys, m
 
 def test_check_inputd_rejects_a_degenerate_affine_and_complex_values_naming_the_file():
     """The bundle run's check (after LoadImaged): same rules as the API's."""
-    from una_bundle.scripts.inference import CheckInputd
+    from una_bundle.scripts.workflows.inference import CheckInputd
 
     image, affine, _ = phantom(shape=(12, 14, 10))
     def meta():

@@ -1,4 +1,4 @@
-"""Tests of the domain-randomisation transforms (una_bundle.scripts.synthesis)."""
+"""Tests of the domain-randomisation transforms (una_bundle.scripts.synthesis.contrast)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from una_bundle.scripts.synthesis import (
+from una_bundle.scripts.synthesis.contrast import (
     REGIMES,
     RandLabelToImage,
     RandLabelToImaged,

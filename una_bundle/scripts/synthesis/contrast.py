@@ -52,8 +52,8 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from .checks import check_probability, check_range
-from .rng import random_seed
+from ..data.checks import check_probability, check_range
+from ..data.rng import random_seed
 
 __all__ = [
     "RandLabelToImage",

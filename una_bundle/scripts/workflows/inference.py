@@ -11,7 +11,7 @@ configs/inference.yaml`` and :func:`infer` / :func:`run_inference` (the CLI and 
    concatenation and ``DivisiblePadd``;
 2. **inference** - a sliding-window ``UNANet`` (``roi_size`` divisible by ``2**(levels - 1)``);
 3. **postprocessing** - the reconstruction clipped to [0, 1], :class:`AnomalyScored` (the continuous anomaly map and
-   its automatic threshold, computed on the working grid by ``scripts.anomaly_scoring``), ``Invertd`` (every spatial
+   its automatic threshold, computed on the working grid by ``scripts.scoring.anomaly_scoring``), ``Invertd`` (every spatial
    step undone: the input's own grid), clipping, and :class:`AnomalyMaskd`.
 
 The API adds what a tool needs around it: inputs are a file, a folder (its ``*.nii`` / ``*.nii.gz``, except files
@@ -61,7 +61,7 @@ from monai.data import MetaTensor, decollate_batch, list_data_collate
 from monai.transforms import Invertd, MapTransform, Transform
 from monai.utils import convert_to_dst_type
 
-from .anomaly_scoring import (
+from ..scoring.anomaly_scoring import (
     DEFAULT_MIN_COMPONENT_MM3,
     DEFAULT_THRESHOLD,
     THRESHOLD_METHODS,
@@ -69,10 +69,10 @@ from .anomaly_scoring import (
     anomaly_mask,
     anomaly_threshold,
 )
-from .bundle_config import BUNDLE_ROOT, make_scripts_importable
-from .atomic_io import FolderInUseError, claim_folder, remove_stale_temps, write_together
-from .nifti_io import check_affine, check_header, check_writable, load_volume
-from .release import file_hash
+from ..data.bundle_config import BUNDLE_ROOT, make_scripts_importable
+from ..data.atomic_io import FolderInUseError, claim_folder, remove_stale_temps, write_together
+from ..data.nifti_io import check_affine, check_header, check_writable, load_volume
+from ...tools.release import file_hash
 
 __all__ = [
     "infer",
@@ -402,7 +402,7 @@ class AnomalyScored(Transform):
     With a two-channel prediction (healthy T1w, anomaly logits) and ``source`` ``"auto"`` or ``"head"``, the map is
     the head's probability ``sigmoid(logits)`` inside the brain and the threshold ``head_threshold``; ``d[pred_key]``
     keeps only the healthy channel. Otherwise (``source="difference"`` or a one-channel model) the map is
-    ``scripts.anomaly_scoring.anomaly_map(image, healthy, brain)`` and the threshold
+    ``scripts.scoring.anomaly_scoring.anomaly_map(image, healthy, brain)`` and the threshold
     ``anomaly_threshold(map, brain, threshold_method, threshold)``. ``d[output_key]`` is ``[1, X, Y, Z]`` with the
     prediction's metadata (so ``Invertd`` maps it back), ``d[threshold_key]`` a float; ``image`` is channel
     ``channel`` of ``d[image_key]`` (the normalised input, not its flip).
@@ -770,7 +770,7 @@ def _bundle_version(bundle_root: Path) -> str:
     try:
         return str(json.loads(meta.read_text())["version"])
     except Exception:
-        from .. import __version__
+        from ... import __version__
 
         return str(__version__)
 

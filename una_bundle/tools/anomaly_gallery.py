@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from .anomaly_encoding import RandEncodeAnomaly
-from .fluid_anomaly import FluidAnomaly
-from .nifti_io import check_writable, load_volume, save_volume
+from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
+from ..scripts.generator.fluid_anomaly import FluidAnomaly
+from ..scripts.data.nifti_io import check_writable, load_volume, save_volume
 
 __all__ = ["generate_anomalies", "mni152_brain"]
 

@@ -6,12 +6,12 @@ with skull, and the region the metrics cover; default ``truth > 0``), ``modality
 (default: the image's file name without ``.nii``/``.nii.gz``, as inference names its outputs) and ``kind`` (a free
 label of the kind of case, e.g. ``t1_lesion``; carried into the rows and summarised per kind).
 
-:func:`run_evaluation` either runs inference itself (``scripts.inference.run_inference``, outputs into
+:func:`run_evaluation` either runs inference itself (``scripts.workflows.inference.run_inference``, outputs into
 ``OUTPUT_DIR/predictions``) or reads the outputs of an earlier ``una-bundle infer`` from ``predictions``
 (``NAME_healthy.nii.gz``, ``NAME_anomaly_mask.nii.gz``). It writes ``metrics.csv`` (one row per case, full
 precision), ``metrics.md`` (the table with mean and std) and ``metrics_boxplots.png``.
 
-Metrics (``scripts.metrics``, UNA section 6) on intensities in ``[0, 1]``, inside the brain: L1, PSNR, SSIM
+Metrics (``scripts.scoring.metrics``, UNA section 6) on intensities in ``[0, 1]``, inside the brain: L1, PSNR, SSIM
 (Gaussian window sigma 5) of the reconstruction against the truth, and Dice of the anomaly mask against the lesion
 (blank without a lesion). Every image is brought to ``[0, 1]`` by :func:`normalize_intensity` (divided by its 99.9th
 in-brain percentile, then clipped) - the same rule for the input, the reconstruction and the truth. The baseline is
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .metrics import brain_l1, brain_psnr, brain_ssim, dice
-from .nifti_io import check_writable, load_volume
+from ..scoring.metrics import brain_l1, brain_psnr, brain_ssim, dice
+from ..data.nifti_io import check_writable, load_volume
 
 __all__ = [
     "normalize_intensity",

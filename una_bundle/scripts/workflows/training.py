@@ -47,9 +47,9 @@ from monai.metrics.utils import do_metric_reduction
 from monai.transforms import Compose, Transform
 from monai.utils import CommonKeys, MetricReduction
 
-from .atomic_io import write_atomic
-from .bundle_config import BUNDLE_ROOT, make_scripts_importable
-from .metrics import brain_l1, brain_psnr, brain_ssim
+from ..data.atomic_io import write_atomic
+from ..data.bundle_config import BUNDLE_ROOT, make_scripts_importable
+from ..scoring.metrics import brain_l1, brain_psnr, brain_ssim
 
 __all__ = [
     "PROFILE_CONFIGS",
@@ -192,7 +192,7 @@ class SeededTransformd(Transform):
         if self.index_key not in data:
             raise ValueError(
                 f"SeededTransformd: the input has no '{self.index_key}' key (keys: {sorted(data)}); "
-                "build the data list with scripts.training.indexed_entries."
+                "build the data list with scripts.workflows.training.indexed_entries."
             )
         d = dict(data)
         index = int(d.pop(self.index_key))
@@ -254,7 +254,7 @@ class UNABatchLoss(torch.nn.Module):
 
     def forward(self, pred: torch.Tensor, label: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(label, Mapping) or "target" not in label:
-            raise ValueError("UNABatchLoss expects the label dict of scripts.training.PrepareBatch (with 'target').")
+            raise ValueError("UNABatchLoss expects the label dict of scripts.workflows.training.PrepareBatch (with 'target').")
         terms = self.loss.components(
             pred=pred,
             target=label["target"],
@@ -824,7 +824,7 @@ def training_workflow(
     datalist = Path(dataset_dir) / "datalist.json"
     if not datalist.is_file():
         raise FileNotFoundError(f"no datalist.json in dataset_dir {dataset_dir} (make one: una-bundle prepare-demo).")
-    from .datalist import load_datalist
+    from ..data.datalist import load_datalist
 
     for section in ("training", "validation"):  # one line naming the key or file now, not a traceback from the config
         load_datalist(datalist, section, require_subjects=True)
