@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts.workflows.inference import read_state_dict, run_inference
+from una_bundle.scripts.model.checkpoint import read_state_dict
+from una_bundle.scripts.workflows.inference import run_inference
 from una_bundle.scripts.model.network import UNANet
 
 

@@ -18,6 +18,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from una_bundle import BUNDLE_ROOT
+from una_bundle.scripts.model.checkpoint import file_hash
 from una_bundle.tools import release
 
 META = BUNDLE_ROOT / "configs" / "metadata.json"
@@ -174,7 +175,7 @@ def test_update_large_files_rewrites_only_the_hash(tmp_path):
         '    hash_type: "sha256"\n'
     )
     (problem,) = release.check_large_files(tmp_path)
-    expected = release.file_hash(tmp_path / "models" / "model.pt")
+    expected = file_hash(tmp_path / "models" / "model.pt")
     assert expected in problem
     assert release.update_large_files(tmp_path) == ["models/model.pt"]
     text = (tmp_path / "large_files.yml").read_text()

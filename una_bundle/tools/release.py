@@ -17,7 +17,6 @@ metadata (both are stored inside ``model.ts`` as extra files), by scripting (``t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from pathlib import Path
@@ -25,21 +24,9 @@ from pathlib import Path
 import yaml
 
 from ..scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable
+from ..scripts.model.checkpoint import file_hash
 
-__all__ = ["file_hash", "read_large_files", "check_large_files", "update_large_files", "export_torchscript", "main"]
-
-_HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
-
-
-def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
-    """Hex digest of a file (``hash_type`` one of md5, sha1, sha256, sha512, as ``monai.apps.utils.check_hash``)."""
-    if hash_type.lower() not in _HASH_TYPES:
-        raise ValueError(f"hash_type must be one of {_HASH_TYPES}, got {hash_type!r}.")
-    h = hashlib.new(hash_type.lower())
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["read_large_files", "check_large_files", "update_large_files", "export_torchscript", "main"]
 
 
 def read_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[dict]:
