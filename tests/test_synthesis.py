@@ -1,4 +1,4 @@
-"""Tests of the domain-randomisation transforms (una_bundle.scripts.synthesis.contrast)."""
+"""Tests of the domain-randomisation transforms (una_bundle.scripts.synthesis)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from una_bundle.scripts.synthesis.contrast import (
-    REGIMES,
-    RandLabelToImage,
-    RandLabelToImaged,
-    RandResolution,
-    RandResolutiond,
-    RandSmoothBiasField,
-    RandSmoothBiasFieldd,
-    simulate_resolution,
-)
+from una_bundle.scripts.synthesis.bias_field import RandSmoothBiasField, RandSmoothBiasFieldd
+from una_bundle.scripts.synthesis.contrast import RandLabelToImage, RandLabelToImaged
+from una_bundle.scripts.synthesis.resolution import REGIMES, RandResolution, RandResolutiond, simulate_resolution
 
 N = 32
 AFFINE = torch.tensor(

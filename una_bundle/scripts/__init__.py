@@ -38,11 +38,11 @@ _EXPORTS = {
     "register_flip": "preprocessing.registration",
     "RandLabelToImage": "synthesis.contrast",
     "RandLabelToImaged": "synthesis.contrast",
-    "RandNoiseBySourced": "synthesis.contrast",
-    "RandResolution": "synthesis.contrast",
-    "RandResolutiond": "synthesis.contrast",
-    "RandSmoothBiasField": "synthesis.contrast",
-    "RandSmoothBiasFieldd": "synthesis.contrast",
+    "RandNoiseBySourced": "synthesis.noise",
+    "RandResolution": "synthesis.resolution",
+    "RandResolutiond": "synthesis.resolution",
+    "RandSmoothBiasField": "synthesis.bias_field",
+    "RandSmoothBiasFieldd": "synthesis.bias_field",
 }
 
 

@@ -1,4 +1,4 @@
-"""Domain randomisation of UNA's training images (``shared/design/una-method.md`` section 3): what MONAI lacks.
+"""Domain randomisation of UNA's training images (UNA, section 3): what MONAI lacks.
 
 A synthetic training input is drawn from an anatomy label map (SynthSeg / Brain-ID style); real scans take the same
 geometry and milder intensity steps. The steps, in pipeline order, with UNA's defaults (``pi / 12`` = 15 degrees):
@@ -33,47 +33,31 @@ geometry and milder intensity steps. The steps, in pipeline order, with UNA's de
 
 Every transform here is an array/dictionary pair, draws its numbers in ``randomize()`` from ``self.R`` (torch noise
 from a local ``torch.Generator`` seeded from ``self.R``), runs in torch on the input's device and keeps MetaTensor
-metadata. Multi-channel inputs (an image and its flip) get identical parameters on every channel.
+metadata. Multi-channel inputs (an image and its flip) get identical parameters on every channel. This module
+holds step 1; steps 4 to 6 are :mod:`.bias_field`, :mod:`.resolution` and :mod:`.noise`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.networks.layers import separable_filtering
-from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from ..data.checks import check_probability, check_range
+from ..data.checks import check_probability
 from ..data.rng import random_seed
+from .common import as_range, gaussian_blur, plain
 
 __all__ = [
     "RandLabelToImage",
     "RandLabelToImaged",
-    "RandResolution",
-    "RandResolutiond",
-    "RandSmoothBiasField",
-    "RandSmoothBiasFieldd",
-    "simulate_resolution",
-    "REGIMES",
-    "BLUR_FACTOR",
     "CT_WINDOW_HU",
     "CT_HU_FREESURFER",
 ]
-
-#: UNA's four acquisition regimes, in the order of ``RandResolution``'s ``regime_probs``.
-REGIMES = ("isotropic_1mm", "clinical", "low_field", "low_res_isotropic")
-
-#: Blur std per mm of slice thickness, ``ln(5) / pi`` (reference). FWHM = thickness would be ``1 / 2.3548 = 0.4247``.
-BLUR_FACTOR = math.log(5.0) / math.pi
 
 #: Brain window in Hounsfield units (level 40, width 80) mapped linearly onto 0-255 in the CT-like mode.
 CT_WINDOW_HU = (0.0, 80.0)
@@ -98,43 +82,6 @@ CT_HU_FREESURFER: dict[int, float] = {
     **dict.fromkeys((31, 63), 20.0),  # choroid plexus
     77: 22.0,  # white-matter hypointensities (hypodense)
 }
-
-
-def _as_range(name: str, value: float | Sequence[float], low: float | None = None) -> tuple[float, float]:
-    """A ``(min, max)`` pair from a pair or a single number (``(v, v)``), checked against ``low``."""
-    pair = (value, value) if isinstance(value, (int, float)) else value
-    return tuple(float(v) for v in check_range(name, pair, low, None))
-
-
-def _check_image(name: str, img: torch.Tensor) -> None:
-    if img.ndim != 4:
-        raise ValueError(f"{name}: expected a channel-first 3D image [C, X, Y, Z], got shape {tuple(img.shape)}.")
-
-
-def _plain(img: torch.Tensor) -> torch.Tensor:
-    return img.as_tensor() if isinstance(img, MetaTensor) else img
-
-
-def _voxel_spacing(img: torch.Tensor) -> np.ndarray:
-    """Voxel size in mm along the three spatial axes, from a MetaTensor's affine (1 mm for plain tensors)."""
-    if isinstance(img, MetaTensor):
-        return np.asarray(img.pixdim, dtype=np.float64)[:3]
-    return np.ones(3)
-
-
-def _gaussian_blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
-    """Blur ``x`` ``[C, X, Y, Z]`` with a separable Gaussian of std ``sigmas`` (voxels, one per axis; 0 = none).
-
-    Every channel gets the same kernels; borders are replicated. Kernels are MONAI's ``erf`` (pixel-integrated)
-    Gaussians truncated at 3 std.
-    """
-    if all(s <= 0 for s in sigmas):
-        return x
-    kernels = [
-        gaussian_1d(torch.tensor(float(s)), truncated=3.0, approx="erf", normalize=True) if s > 0 else torch.ones(1)
-        for s in sigmas
-    ]
-    return separable_filtering(x[None], kernels, mode="replicate")[0]
 
 
 class RandLabelToImage(RandomizableTransform):
@@ -225,20 +172,20 @@ class RandLabelToImage(RandomizableTransform):
             raise ValueError(f"ordered_jitter must be >= 0, got {ordered_jitter}.")
         self.ordered_jitter = float(ordered_jitter)
         self.order = ""
-        self.mean_range = _as_range("mean_range", mean_range, 0.0)
-        self.std_range = _as_range("std_range", std_range, 0.0)
-        self.pv_sigma = _as_range("pv_sigma", pv_sigma, 0.0)
+        self.mean_range = as_range("mean_range", mean_range, 0.0)
+        self.std_range = as_range("std_range", std_range, 0.0)
+        self.pv_sigma = as_range("pv_sigma", pv_sigma, 0.0)
         self.background_zero_prob = check_probability("background_zero_prob", background_zero_prob)
         self.ct_prob = check_probability("ct_prob", ct_prob)
         self.ct_hu = {int(k): float(v) for k, v in (CT_HU_FREESURFER if ct_hu is None else ct_hu).items()}
-        self.ct_window = _as_range("ct_window", ct_window)
+        self.ct_window = as_range("ct_window", ct_window)
         if not self.ct_window[1] > self.ct_window[0]:
             raise ValueError(f"ct_window must have max > min, got {tuple(ct_window)}.")
         if not ct_jitter_hu >= 0:
             raise ValueError(f"ct_jitter_hu must be >= 0, got {ct_jitter_hu}.")
         self.ct_jitter_hu = float(ct_jitter_hu)
-        self.ct_std_range_hu = _as_range("ct_std_range_hu", ct_std_range_hu, 0.0)
-        self.ct_unknown_hu = _as_range("ct_unknown_hu", ct_unknown_hu)
+        self.ct_std_range_hu = as_range("ct_std_range_hu", ct_std_range_hu, 0.0)
+        self.ct_unknown_hu = as_range("ct_unknown_hu", ct_unknown_hu)
         self.label_values: tuple[int, ...] = ()
         self.means = self.stds = np.zeros(0)
         self.is_ct = self.background_zero = False
@@ -305,7 +252,7 @@ class RandLabelToImage(RandomizableTransform):
         label = convert_to_tensor(label, track_meta=get_track_meta())
         if label.ndim != 4 or label.shape[0] != 1:
             raise ValueError(f"RandLabelToImage: expected a label map [1, X, Y, Z], got shape {tuple(label.shape)}.")
-        data = _plain(label)
+        data = plain(label)
         if data.is_floating_point():
             rounded = data.round()
             if bool((data - rounded).abs().max() > 1e-3):
@@ -323,7 +270,7 @@ class RandLabelToImage(RandomizableTransform):
         means = torch.as_tensor(self.means, dtype=torch.float32, device=device)[inverse]
         stds = torch.as_tensor(self.stds, dtype=torch.float32, device=device)[inverse]
         if self.pv_sigma_value > 0:
-            means, stds = _gaussian_blur(torch.stack([means, stds]), (self.pv_sigma_value,) * 3)
+            means, stds = gaussian_blur(torch.stack([means, stds]), (self.pv_sigma_value,) * 3)
         generator = torch.Generator(device=device).manual_seed(self._seed)
         image = means + stds * torch.randn(means.shape, generator=generator, device=device, dtype=torch.float32)
         if self.background_zero:
@@ -386,368 +333,4 @@ class RandLabelToImaged(RandomizableTransform, MapTransform):
             d[self.image_key] = self.synth(d[key])
             if self.modality_key is not None:
                 d[self.modality_key] = "CT" if self.synth.is_ct else "synthetic"
-        return d
-
-
-def simulate_resolution(
-    img: torch.Tensor,
-    target_spacing: Sequence[float],
-    thickness: Sequence[float] | None = None,
-    input_spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    blur_factor: float = BLUR_FACTOR,
-) -> torch.Tensor:
-    """Degrade ``img`` ``[C, X, Y, Z]`` to an acquisition of ``target_spacing`` and slice ``thickness`` (mm, per axis).
-
-    Returns a tensor of the input's shape, dtype and grid. Along each axis: a Gaussian blur of std
-    ``blur_factor * sqrt(thickness^2 - input_spacing^2) / input_spacing`` voxels (the blur the input lacks to reach
-    the slice profile; none when ``thickness <= input_spacing``), trilinear sampling at the low resolution (size
-    ``round(n * input_spacing / target_spacing)``; axes with ``target_spacing <= input_spacing`` keep their size) and
-    trilinear interpolation back to the input grid (``align_corners=False``: the field of view is kept). Every
-    channel is degraded identically.
-
-    Args:
-        img: float tensor ``[C, X, Y, Z]``.
-        target_spacing: acquired voxel spacing, mm, three values.
-        thickness: slice thickness, mm, three values (default: ``target_spacing``).
-        input_spacing: voxel size of ``img``, mm.
-        blur_factor: Gaussian std per mm of thickness (:data:`BLUR_FACTOR`; 0.4247 is FWHM = thickness).
-    """
-    _check_image("simulate_resolution", img)
-    spacing_in = np.asarray(input_spacing, dtype=np.float64)
-    spacing_out = np.asarray(target_spacing, dtype=np.float64)
-    thick = spacing_out if thickness is None else np.asarray(thickness, dtype=np.float64)
-    if not (spacing_in.shape == spacing_out.shape == thick.shape == (3,)):
-        raise ValueError("simulate_resolution: target_spacing, thickness and input_spacing need three values each.")
-    if (spacing_in <= 0).any() or (spacing_out <= 0).any() or (thick < 0).any() or blur_factor < 0:
-        raise ValueError("simulate_resolution: spacings must be > 0, thickness and blur_factor >= 0.")
-    shape = tuple(int(n) for n in img.shape[1:])
-    sigmas = blur_factor * np.sqrt(np.clip(thick**2 - spacing_in**2, 0.0, None)) / spacing_in
-    low = tuple(n if so <= si else max(1, int(round(n * si / so))) for n, si, so in zip(shape, spacing_in, spacing_out))
-    x = _gaussian_blur(img, sigmas.tolist())
-    if low != shape:
-        x = F.interpolate(x[None], size=low, mode="trilinear", align_corners=False)
-        x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)[0]
-    return x
-
-
-class RandResolution(RandomizableTransform):
-    """Simulate the acquisition resolution of a scan, in one of UNA's four regimes drawn at random.
-
-    ``__call__(img)``: ``img`` ``[C, X, Y, Z]``, voxel size read from its affine (MetaTensor; 1 mm otherwise).
-    Returns the degraded image with the input's shape, dtype (float32 for integer input), affine and metadata; every
-    channel gets exactly the same degradation. Regimes (:data:`REGIMES`, spacing / thickness in mm):
-
-    * ``isotropic_1mm``: no change;
-    * ``clinical``: one random axis with spacing ``U(clinical_spacing_range)`` and slice thickness
-      ``min(spacing, U(clinical_thickness_range))`` (2D clinical scans: 4-6 mm slices, with a gap when the spacing is
-      larger; thinner slices at a large spacing are not acquired in practice), the other axes 1 mm;
-    * ``low_field``: ``low_field_spacing + U(low_field_jitter)`` per axis, thickness = spacing, axes randomly permuted
-      (``low_field_permute``: any acquisition plane);
-    * ``low_res_isotropic``: each axis ``U(isotropic_spacing_range)``, thickness = spacing.
-
-    Simulation: :func:`simulate_resolution` with a blur std of ``U(blur_factor_range)`` per mm of thickness (default
-    ``(0.85, 1.15) * ln(5) / pi``, the reference's; its low end is FWHM = thickness). An axis whose target spacing is
-    not coarser than the input's is left alone. After a call, ``regime``, ``target_spacing``, ``thickness`` and
-    ``blur_factor`` describe the draw.
-
-    Args:
-        regime_probs: probabilities of the four regimes, in [0, 1], summing to 1 (UNA: 0.25 each).
-        clinical_spacing_range: (min, max) spacing of the thick axis of the clinical regime, mm.
-        clinical_thickness_range: (min, max) slice thickness of the clinical regime before capping at the spacing.
-        low_field_spacing: base spacing of the low-field regime, mm (three values).
-        low_field_jitter: (min, max) added to each low-field spacing, mm.
-        low_field_permute: randomly permute the low-field axes.
-        isotropic_spacing_range: (min, max) spacing per axis of the low-resolution isotropic-ish regime, mm.
-        blur_factor_range: (min, max) Gaussian std per mm of slice thickness.
-        prob: probability of degrading at all.
-    """
-
-    backend = [TransformBackends.TORCH]
-
-    def __init__(
-        self,
-        regime_probs: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
-        clinical_spacing_range: Sequence[float] = (2.5, 8.5),
-        clinical_thickness_range: Sequence[float] = (4.0, 6.0),
-        low_field_spacing: Sequence[float] = (1.3, 1.3, 5.0),
-        low_field_jitter: Sequence[float] = (0.0, 0.4),
-        low_field_permute: bool = True,
-        isotropic_spacing_range: Sequence[float] = (2.0, 5.0),
-        blur_factor_range: Sequence[float] = (0.85 * BLUR_FACTOR, 1.15 * BLUR_FACTOR),
-        prob: float = 1.0,
-    ) -> None:
-        RandomizableTransform.__init__(self, check_probability("prob", prob))
-        probs = [float(p) for p in regime_probs]
-        if len(probs) != len(REGIMES):
-            raise ValueError(f"regime_probs needs {len(REGIMES)} values ({', '.join(REGIMES)}), got {probs}.")
-        for name, p in zip(REGIMES, probs):
-            check_probability(f"regime_probs[{name}]", p)
-        if abs(sum(probs) - 1.0) > 1e-6:
-            raise ValueError(f"regime_probs must sum to 1, got {probs} (sum {sum(probs)}).")
-        self.regime_probs = np.asarray(probs) / sum(probs)
-        self.clinical_spacing_range = _as_range("clinical_spacing_range", clinical_spacing_range, 1e-6)
-        self.clinical_thickness_range = _as_range("clinical_thickness_range", clinical_thickness_range, 0.0)
-        self.low_field_spacing = np.asarray(low_field_spacing, dtype=np.float64)
-        if self.low_field_spacing.shape != (3,) or (self.low_field_spacing <= 0).any():
-            raise ValueError(f"low_field_spacing must be three values > 0, got {tuple(low_field_spacing)}.")
-        self.low_field_jitter = _as_range("low_field_jitter", low_field_jitter, 0.0)
-        self.low_field_permute = bool(low_field_permute)
-        self.isotropic_spacing_range = _as_range("isotropic_spacing_range", isotropic_spacing_range, 1e-6)
-        self.blur_factor_range = _as_range("blur_factor_range", blur_factor_range, 0.0)
-        self.regime = REGIMES[0]
-        self.target_spacing = np.ones(3)
-        self.thickness = np.ones(3)
-        self.blur_factor = BLUR_FACTOR
-
-    def randomize(self, data=None) -> None:
-        """Draw the regime and its spacing, slice thickness and blur factor."""
-        super().randomize(None)
-        if not self._do_transform:
-            return
-        regime = int(self.R.choice(len(REGIMES), p=self.regime_probs))
-        spacing, thickness = np.ones(3), np.ones(3)
-        if REGIMES[regime] == "clinical":
-            axis = int(self.R.randint(3))
-            spacing[axis] = self.R.uniform(*self.clinical_spacing_range)
-            thickness[axis] = min(spacing[axis], self.R.uniform(*self.clinical_thickness_range))
-        elif REGIMES[regime] == "low_field":
-            spacing = self.low_field_spacing + self.R.uniform(*self.low_field_jitter, size=3)
-            if self.low_field_permute:
-                spacing = spacing[self.R.permutation(3)]
-            thickness = spacing.copy()
-        elif REGIMES[regime] == "low_res_isotropic":
-            spacing = self.R.uniform(*self.isotropic_spacing_range, size=3)
-            thickness = spacing.copy()
-        self.regime = REGIMES[regime]
-        self.target_spacing, self.thickness = spacing, thickness
-        self.blur_factor = float(self.R.uniform(*self.blur_factor_range))
-
-    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        """
-        Args:
-            img: image ``[C, X, Y, Z]`` (tensor, MetaTensor or array).
-            randomize: draw new parameters (``False`` replays the last draw).
-        """
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        _check_image("RandResolution", img)
-        if randomize:
-            self.randomize()
-        if not self._do_transform or self.regime == "isotropic_1mm":
-            return img
-        data = _plain(img)
-        dtype = data.dtype if data.is_floating_point() else torch.float32
-        out = simulate_resolution(
-            data.to(dtype), self.target_spacing, self.thickness, _voxel_spacing(img), blur_factor=self.blur_factor
-        )
-        return convert_to_dst_type(out, img, dtype=dtype)[0]
-
-
-class RandResolutiond(RandomizableTransform, MapTransform):
-    """Dictionary version of :class:`RandResolution`: every key gets the same regime and parameters.
-
-    Apply it to the network input only, not to the 1 mm target.
-
-    Args:
-        keys: image keys ``[C, X, Y, Z]`` to degrade.
-        regime_key: key to record the drawn regime and target spacing in (e.g. ``"clinical 1.0x1.0x6.3mm"``), or
-            ``None``; ``"none"`` when the transform does not fire.
-        allow_missing_keys: don't raise when a key is missing.
-        kwargs: the parameters of :class:`RandResolution` (``prob`` included).
-    """
-
-    backend = RandResolution.backend
-
-    def __init__(
-        self, keys: KeysCollection, regime_key: str | None = None, allow_missing_keys: bool = False, **kwargs
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, check_probability("prob", kwargs.pop("prob", 1.0)))
-        self.resolution = RandResolution(prob=1.0, **kwargs)
-        self.regime_key = regime_key
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.resolution.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            if self.regime_key is not None:
-                d[self.regime_key] = "none"
-            return d
-        self.resolution.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.resolution(d[key], randomize=False)
-        if self.regime_key is not None:
-            spacing = "x".join(f"{s:.1f}" for s in self.resolution.target_spacing)
-            d[self.regime_key] = f"{self.resolution.regime} {spacing}mm"
-        return d
-
-
-class RandSmoothBiasField(RandomizableTransform):
-    """Multiply an image by a smooth random bias field ``exp(L)``, the same field on every channel.
-
-    ``L`` is a Gaussian log-field: a coarse grid of ``max(min_nodes, round(scale * n))`` nodes per axis (``n`` the
-    axis size, ``scale ~ U(scale_range)``) with values ``N(0, std^2)``, ``std ~ U(std_range)``, upsampled to the image
-    grid by trilinear interpolation (``align_corners=True``). Reference: 2-4 % of the size (3-6 nodes at 160^3),
-    log-field std ``U(0.1, 0.6)`` (UNA).
-
-    ``__call__(img)``: ``img`` ``[C, X, Y, Z]``. Returns ``img * exp(L)`` with the input's shape, dtype (float32 for
-    integer input) and metadata. After a call, ``std`` and ``scale`` describe the draw; :meth:`log_field` gives ``L``.
-
-    Args:
-        std_range: (min, max) of the log-field's std.
-        scale_range: (min, max) of the node count as a fraction of the image size, in (0, 1].
-        min_nodes: fewest nodes per axis (>= 2).
-        prob: probability of applying a field at all.
-    """
-
-    backend = [TransformBackends.TORCH]
-
-    def __init__(
-        self,
-        std_range: Sequence[float] = (0.1, 0.6),
-        scale_range: Sequence[float] = (0.02, 0.04),
-        min_nodes: int = 2,
-        prob: float = 1.0,
-    ) -> None:
-        RandomizableTransform.__init__(self, check_probability("prob", prob))
-        self.std_range = _as_range("std_range", std_range, 0.0)
-        self.scale_range = check_range("scale_range", scale_range, 0.0, 1.0)
-        if not self.scale_range[0] > 0:
-            raise ValueError(f"scale_range must be > 0, got {tuple(scale_range)}.")
-        if int(min_nodes) < 2:
-            raise ValueError(f"min_nodes must be >= 2, got {min_nodes}.")
-        self.min_nodes = int(min_nodes)
-        self.std = self.scale = 0.0
-        self._seed: int | None = None
-
-    def randomize(self, data=None) -> None:
-        """Draw the field's std, node scale and the seed of its node values."""
-        super().randomize(None)
-        if not self._do_transform:
-            return
-        self.std = float(self.R.uniform(*self.std_range))
-        self.scale = float(self.R.uniform(*self.scale_range))
-        self._seed = random_seed(self.R)
-
-    def log_field(self, spatial_shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
-        """The last drawn log-field ``L`` on a grid of ``spatial_shape``: float32 ``[1, X, Y, Z]`` on ``device``."""
-        if self._seed is None:
-            raise RuntimeError("RandSmoothBiasField: no field drawn yet; call randomize() first.")
-        shape = tuple(int(n) for n in spatial_shape)
-        nodes = tuple(max(self.min_nodes, int(round(self.scale * n))) for n in shape)
-        generator = torch.Generator(device=device).manual_seed(self._seed)
-        small = self.std * torch.randn((1, 1, *nodes), generator=generator, device=device)
-        return F.interpolate(small, size=shape, mode="trilinear", align_corners=True)[0]
-
-    def __call__(self, img: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        """
-        Args:
-            img: image ``[C, X, Y, Z]`` (tensor, MetaTensor or array).
-            randomize: draw a new field (``False`` replays the last draw).
-        """
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        _check_image("RandSmoothBiasField", img)
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return img
-        data = _plain(img)
-        dtype = data.dtype if data.is_floating_point() else torch.float32
-        field = torch.exp(self.log_field(data.shape[1:], data.device)).to(dtype)
-        return convert_to_dst_type(data.to(dtype) * field, img, dtype=dtype)[0]
-
-
-class RandSmoothBiasFieldd(RandomizableTransform, MapTransform):
-    """Dictionary version of :class:`RandSmoothBiasField`: every key gets the same field (keys share a grid).
-
-    Args:
-        keys: image keys ``[C, X, Y, Z]``.
-        allow_missing_keys: don't raise when a key is missing.
-        kwargs: the parameters of :class:`RandSmoothBiasField` (``prob`` included).
-    """
-
-    backend = RandSmoothBiasField.backend
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, check_probability("prob", kwargs.pop("prob", 1.0)))
-        self.bias_field = RandSmoothBiasField(prob=1.0, **kwargs)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.bias_field.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        self.bias_field.randomize()
-        for key in self.key_iterator(d):
-            d[key] = self.bias_field(d[key], randomize=False)
-        return d
-
-
-class RandNoiseBySourced(RandomizableTransform, MapTransform):
-    """Gaussian noise whose scale depends on where the image came from (UNA): std ``U(synthetic_std)`` for
-    synthetic images, ``U(real_std)`` for real scans, on images already normalised to ``[0, 1]``.
-
-    Defaults are UNA's: ``U(0.05, 1) / 255`` for synthetic images (drawn on the 0-255 scale) and ``U(0, 0.02)``
-    for real ones. Every channel of every key gets noise of the same std (independent per voxel and channel).
-
-    Args:
-        keys: image keys ``[C, X, Y, Z]``.
-        source_key: key holding ``"synthetic"`` or ``"real"`` (see :class:`RandLabelToImaged`).
-        synthetic_std: std range for synthetic images.
-        real_std: std range for real images.
-        prob: probability of adding noise.
-        allow_missing_keys: don't raise when a key is missing.
-    """
-
-    backend = [TransformBackends.TORCH]
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        source_key: str = "source",
-        synthetic_std: Sequence[float] = (0.05 / 255, 1.0 / 255),
-        real_std: Sequence[float] = (0.0, 0.02),
-        prob: float = 1.0,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, check_probability("prob", prob))
-        self.source_key = source_key
-        self.std_ranges = {
-            "synthetic": check_range("synthetic_std", synthetic_std, 0.0),
-            "real": check_range("real_std", real_std, 0.0),
-        }
-        self._fraction = 0.0
-        self._seed = 0
-
-    def randomize(self, data=None) -> None:
-        super().randomize(None)
-        self._fraction = self.R.uniform()
-        self._seed = random_seed(self.R)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        source = d.get(self.source_key)
-        if source not in self.std_ranges:
-            raise ValueError(f"RandNoiseBySourced: '{self.source_key}' must be 'synthetic' or 'real', got {source!r}.")
-        low, high = self.std_ranges[source]
-        std = low + (high - low) * self._fraction
-        for index, key in enumerate(self.key_iterator(d)):
-            img = convert_to_tensor(d[key], track_meta=get_track_meta())
-            generator = torch.Generator(device=img.device).manual_seed(self._seed + index)
-            noise = torch.randn(img.shape, generator=generator, device=img.device, dtype=torch.float32) * std
-            d[key] = convert_to_dst_type(_plain(img).float() + noise, img)[0]
         return d
