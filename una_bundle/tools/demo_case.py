@@ -20,9 +20,9 @@ import torch
 from monai.data import MetaTensor
 
 from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
-from .anomaly_gallery import mni152_brain
 from ..scripts.workflows.evaluation import run_evaluation
 from ..scripts.generator.fluid_anomaly import FluidAnomaly
+from ..scripts.data.mni152 import mni152_brain
 from ..scripts.data.nifti_io import check_writable, save_volume
 
 __all__ = ["run_demo"]
