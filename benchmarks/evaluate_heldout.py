@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # heldout_set beside t
 
 from heldout_set import KINDS, build_heldout_set  # noqa: E402
 
-from una_bundle.scripts.workflows.evaluation import _write_text, kind_summary, run_evaluation  # noqa: E402
+from una_bundle.scripts.workflows.evaluation import run_evaluation  # noqa: E402
+from una_bundle.scripts.workflows.evaluation_report import kind_summary, write_text  # noqa: E402
 
 #: Per-kind table printed here: (title, model column, identity column or None).
 TABLE = (
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
             case_markdown(rows, manifest),
         ]
     )
-    _write_text(text, out / "heldout_report.md")
+    write_text(text, out / "heldout_report.md")
     print(text)
     return 0
 
