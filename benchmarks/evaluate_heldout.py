@@ -9,8 +9,8 @@ markdown, the machine, the per-kind table (means over the cases of each kind, mo
 
 and the per-case table with each case's lesion generator and volume. The same text goes to
 ``OUTPUT_DIR/heldout_report.md`` beside ``metrics.csv`` / ``metrics.md`` / ``metrics_boxplots.png``. Metric
-definitions: ``una_bundle/scripts/workflows/evaluation.py``. Inference settings pass through (``--spacing``, ``--roi_size``,
-``--overlap``, ``--levels``, ``--features``, ``--config``, ``--override KEY=JSON``).
+definitions: ``una_bundle/scripts/workflows/evaluation.py``. Inference settings pass through (``--spacing``,
+``--roi_size``, ``--overlap``, ``--levels``, ``--features``, ``--config``, ``--override KEY=JSON``).
 
     python benchmarks/evaluate_heldout.py --output_dir outputs/heldout_eval [--checkpoint una_bundle/models/model.pt]
         [--device cpu] [--set_dir outputs/heldout_set] [--kinds t1_lesion t1_healthy] [--cases t1_lesion_00]

@@ -1,8 +1,8 @@
 """The fused Triton sub-step against the torch backend.
 
 Without a GPU the kernel runs in Triton's CPU interpreter. ``triton.jit`` consults ``TRITON_INTERPRET`` when it
-decorates a function; :mod:`una_bundle.scripts.generator.advection_triton` decorates its kernel at the first launch in each
-mode, so setting the variable with ``monkeypatch`` around a test is enough, and it is undone after that test
+decorates a function; :mod:`una_bundle.scripts.generator.advection_triton` decorates its kernel at the first launch in
+each mode, so setting the variable with ``monkeypatch`` around a test is enough, and it is undone after that test
 (nothing is reloaded, nothing leaks into other tests).
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation (scripts/workflows/evaluation*.py): intensity normalisation, the evaluate command's outputs, modes and errors.
+"""Evaluation (scripts/workflows): intensity normalisation, the evaluate command's outputs, modes and errors.
 
 The metrics themselves are tested in test_metrics.py.
 """

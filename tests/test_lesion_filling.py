@@ -1,4 +1,5 @@
-"""The lesion-filled T1w (scripts.scoring.lesion_filling): blend, intensity matching, T1w-likeness and the healthy choice."""
+"""The lesion-filled T1w (scripts.scoring.lesion_filling): blend, intensity matching, T1w-likeness and the healthy
+choice."""
 
 import math
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
-from ..scripts.generator.fluid_anomaly import FluidAnomaly
 from ..scripts.data.mni152 import mni152_brain
 from ..scripts.data.nifti_io import check_writable, load_volume, save_volume
+from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
+from ..scripts.generator.fluid_anomaly import FluidAnomaly
 
 __all__ = ["generate_anomalies"]
 

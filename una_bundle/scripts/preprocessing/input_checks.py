@@ -144,6 +144,11 @@ class CheckInputd(MapTransform):
             mask = d[self.mask_key]
             self._check(mask, "mask")
             check_same_grid(
-                reference.shape[1:], image_affine(reference), mask.shape[1:], image_affine(mask), source_name(reference), source_name(mask)
+                reference.shape[1:],
+                image_affine(reference),
+                mask.shape[1:],
+                image_affine(mask),
+                source_name(reference),
+                source_name(mask),
             )
         return d

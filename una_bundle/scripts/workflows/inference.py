@@ -11,8 +11,8 @@ configs/inference.yaml`` and :func:`infer` / :func:`run_inference` (the CLI and 
    concatenation and ``DivisiblePadd``;
 2. **inference** - a sliding-window ``UNANet`` (``roi_size`` divisible by ``2**(levels - 1)``);
 3. **postprocessing** - the reconstruction clipped to [0, 1], :class:`AnomalyScored` (the continuous anomaly map and
-   its automatic threshold, computed on the working grid by ``scripts.scoring.anomaly_scoring``), ``Invertd`` (every spatial
-   step undone: the input's own grid), clipping, and :class:`AnomalyMaskd`.
+   its automatic threshold, computed on the working grid by ``scripts.scoring.anomaly_scoring``), ``Invertd``
+   (every spatial step undone: the input's own grid), clipping, and :class:`AnomalyMaskd`.
 
 The API adds what a tool needs around it: inputs are a file, a folder (its ``*.nii`` / ``*.nii.gz``, except files
 named like masks or label maps, :data:`NOT_A_SCAN`, which are skipped and listed) or a list; every input is

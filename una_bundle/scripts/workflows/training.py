@@ -232,7 +232,9 @@ class UNABatchLoss(torch.nn.Module):
 
     def forward(self, pred: torch.Tensor, label: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(label, Mapping) or "target" not in label:
-            raise ValueError("UNABatchLoss expects the label dict of scripts.workflows.training.PrepareBatch (with 'target').")
+            raise ValueError(
+                "UNABatchLoss expects the label dict of scripts.workflows.training.PrepareBatch (with 'target')."
+            )
         terms = self.loss.components(
             pred=pred,
             target=label["target"],
