@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from una_bundle.scripts import advect_diffuse, advection, perlin_noise, random_flow
+from una_bundle.scripts import advect_diffuse, perlin_noise, random_flow
+from una_bundle.scripts.generator import advection
 
 pytest.importorskip("triton")
 
