@@ -51,5 +51,5 @@ setup(
             "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
-    entry_points={"console_scripts": ["una-bundle=una_bundle.scripts.cli:main"]},
+    entry_points={"console_scripts": ["una-bundle=una_bundle.tools.cli:main"]},
 )

@@ -19,7 +19,7 @@ import torch
 from monai.data import MetaTensor
 
 from una_bundle.scripts import FluidAnomaly, random_flow
-from una_bundle.scripts.advection import _run_torch, face_coefficients, substep_count
+from una_bundle.scripts.generator.advection import _run_torch, face_coefficients, substep_count
 
 
 def _sync(device):
@@ -65,7 +65,7 @@ def substep_bandwidth(n, device, backend, diffusion, repeats=3, substeps=10):
         diffusivity = velocity[0].square()
     p = torch.rand((n,) * 3, device=device)
     if backend == "triton":
-        from una_bundle.scripts.advection_triton import advect_diffuse_substep_triton
+        from una_bundle.scripts.generator.advection_triton import advect_diffuse_substep_triton
 
         pb, vb = p[None].contiguous(), velocity[None].contiguous()
         db = None if diffusivity is None else diffusivity[None].contiguous()

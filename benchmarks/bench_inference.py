@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts.inference import read_state_dict, run_inference
-from una_bundle.scripts.network import UNANet
+from una_bundle.scripts.model.checkpoint import read_state_dict
+from una_bundle.scripts.workflows.inference import run_inference
+from una_bundle.scripts.model.network import UNANet
 
 
 #: Network and grid per setting; ``None`` values: the inference config's own.

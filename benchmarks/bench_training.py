@@ -72,8 +72,8 @@ def rss_mib() -> float:
 
 def measure(profile: str, steps: int, warmup: int) -> dict:
     """Time ``steps`` iterations of ``profile`` after ``warmup`` ones; returns the row of the table."""
-    from una_bundle.scripts.losses import UNALoss
-    from una_bundle.scripts.network import UNANet
+    from una_bundle.scripts.model.losses import UNALoss
+    from una_bundle.scripts.model.network import UNANet
 
     p = PROFILES[profile]
     if p["threads"] is not None:

@@ -21,9 +21,9 @@ import torch
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, ToDeviced
 
-from una_bundle.scripts.bundle_config import load_config
-from una_bundle.scripts.demo_data import prepare_demo
-from una_bundle.scripts.network import UNANet
+from una_bundle.scripts.data.bundle_config import load_config
+from una_bundle.scripts.data.demo_data import prepare_demo
+from una_bundle.scripts.model.network import UNANet
 
 
 def pipeline_rate(parser, cached, workers, samples, device):

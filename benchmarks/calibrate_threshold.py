@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from una_bundle.scripts.anomaly_scoring import anomaly_mask
-from una_bundle.scripts.evaluation import anomaly_volumes, load_cases
-from una_bundle.scripts.inference import run_inference
-from una_bundle.scripts.metrics import dice
-from una_bundle.scripts.nifti_io import load_volume
+from una_bundle.scripts.data.nifti_io import load_volume
+from una_bundle.scripts.scoring.anomaly_scoring import anomaly_mask
+from una_bundle.scripts.scoring.metrics import dice
+from una_bundle.scripts.workflows.evaluation import anomaly_volumes, load_cases
+from una_bundle.scripts.workflows.inference import run_inference
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

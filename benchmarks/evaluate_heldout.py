@@ -1,7 +1,7 @@
 """Score the bundle's model on the held-out set (``benchmarks/heldout_set.py``), beside the identity baseline.
 
 Builds the set into ``--set_dir`` unless it holds a ``cases.json`` already (then reuses it), runs
-``scripts.evaluation.run_evaluation`` on it (inference with ``--checkpoint``, default the bundle's
+``scripts.workflows.evaluation.run_evaluation`` on it (inference with ``--checkpoint``, default the bundle's
 ``models/model.pt``, into ``OUTPUT_DIR/predictions``; or ``--predictions`` from an earlier run) and prints, as
 markdown, the machine, the per-kind table (means over the cases of each kind, model / identity)
 
@@ -9,8 +9,8 @@ markdown, the machine, the per-kind table (means over the cases of each kind, mo
 
 and the per-case table with each case's lesion generator and volume. The same text goes to
 ``OUTPUT_DIR/heldout_report.md`` beside ``metrics.csv`` / ``metrics.md`` / ``metrics_boxplots.png``. Metric
-definitions: ``una_bundle/scripts/evaluation.py``. Inference settings pass through (``--spacing``, ``--roi_size``,
-``--overlap``, ``--levels``, ``--features``, ``--config``, ``--override KEY=JSON``).
+definitions: ``una_bundle/scripts/workflows/evaluation.py``. Inference settings pass through (``--spacing``,
+``--roi_size``, ``--overlap``, ``--levels``, ``--features``, ``--config``, ``--override KEY=JSON``).
 
     python benchmarks/evaluate_heldout.py --output_dir outputs/heldout_eval [--checkpoint una_bundle/models/model.pt]
         [--device cpu] [--set_dir outputs/heldout_set] [--kinds t1_lesion t1_healthy] [--cases t1_lesion_00]
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # heldout_set beside t
 
 from heldout_set import KINDS, build_heldout_set  # noqa: E402
 
-from una_bundle.scripts.evaluation import _write_text, kind_summary, run_evaluation  # noqa: E402
+from una_bundle.scripts.workflows.evaluation import run_evaluation  # noqa: E402
+from una_bundle.scripts.workflows.evaluation_report import kind_summary, write_text  # noqa: E402
 
 #: Per-kind table printed here: (title, model column, identity column or None).
 TABLE = (
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
             case_markdown(rows, manifest),
         ]
     )
-    _write_text(text, out / "heldout_report.md")
+    write_text(text, out / "heldout_report.md")
     print(text)
     return 0
 

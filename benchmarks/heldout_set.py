@@ -1,9 +1,9 @@
 """The project's held-out evaluation set: MNI152 brains and lesions that training never sees, in four kinds of case.
 
 Built offline from the ICBM 2009a T1 template and grey/white-matter probability maps shipped inside nilearn (the
-project's one real brain; the label map of ``scripts.demo_data.mni152_labels``). What is held out:
+project's one real brain; the label map of ``scripts.data.mni152.mni152_labels``). What is held out:
 
-* **Deformations.** Brain ``i`` is the template pulled through ``scripts.demo_data.random_deformation`` drawn from
+* **Deformations.** Brain ``i`` is the template pulled through ``scripts.data.demo_data.random_deformation`` drawn from
   ``np.random.default_rng([9001, 7, i])``. Training and validation subjects use ``default_rng([seed, split, index])``
   with ``seed`` 0 (the default of ``prepare_demo``) and ``split`` 0 or 1, so no held-out brain is a training one.
   1 mm, on the demo grid (``FOV_MM`` around ``FOV_CENTER_MM``: 184 x 224 x 200 voxels), skull-stripped (the T1 and
@@ -47,7 +47,7 @@ Randomness: brain ``i`` from ``default_rng([9001, 7, i])``; the lesion of case `
 ``default_rng([9001, 8, j, k])``; its intensities, bias field and noise from ``default_rng([9001, 9, j, k])``. The
 same arguments give the same files (bit for bit on one machine).
 
-Layout of ``OUT``: ``cases.json`` (the list ``scripts.evaluation.load_cases`` reads: ``image``, ``truth``,
+Layout of ``OUT``: ``cases.json`` (the list ``scripts.workflows.evaluation.load_cases`` reads: ``image``, ``truth``,
 ``lesion`` (lesion kinds), ``mask``, ``modality``, ``name``, ``kind``; paths relative to ``OUT``), ``heldout.json``
 (provenance and per case: generator, target and measured lesion volume, parameters), ``images/NAME.nii.gz``,
 ``lesions/NAME_lesion.nii.gz`` (uint8), ``brains/brain-II_{t1,mask,labels}.nii.gz``. The folder is built under a
@@ -72,8 +72,10 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from una_bundle.scripts import demo_data as dd
-from una_bundle.scripts.nifti_io import save_volume
+from una_bundle.scripts.data import demo_data as dd
+from una_bundle.scripts.data import labels as ids
+from una_bundle.scripts.data import mni152
+from una_bundle.scripts.data.nifti_io import save_volume
 
 __all__ = [
     "KINDS",
@@ -114,17 +116,17 @@ BIAS_AMPLITUDE = 0.15
 NOISE_FRACTION = 0.04
 FOCI_RADIUS_MM = (2.0, 6.0)
 
-_CEREBRAL_WM = (dd.LEFT_CEREBRAL_WHITE_MATTER, dd.RIGHT_CEREBRAL_WHITE_MATTER)
-_CORTEX = (dd.LEFT_CEREBRAL_CORTEX, dd.RIGHT_CEREBRAL_CORTEX)
+_CEREBRAL_WM = (ids.LEFT_CEREBRAL_WHITE_MATTER, ids.RIGHT_CEREBRAL_WHITE_MATTER)
+_CORTEX = (ids.LEFT_CEREBRAL_CORTEX, ids.RIGHT_CEREBRAL_CORTEX)
 _DEEP_GM = (
-    dd.LEFT_THALAMUS,
-    dd.RIGHT_THALAMUS,
-    dd.LEFT_CAUDATE,
-    dd.RIGHT_CAUDATE,
-    dd.LEFT_PUTAMEN,
-    dd.RIGHT_PUTAMEN,
+    ids.LEFT_THALAMUS,
+    ids.RIGHT_THALAMUS,
+    ids.LEFT_CAUDATE,
+    ids.RIGHT_CAUDATE,
+    ids.LEFT_PUTAMEN,
+    ids.RIGHT_PUTAMEN,
 )
-_VENTRICLES = (dd.LEFT_LATERAL_VENTRICLE, dd.RIGHT_LATERAL_VENTRICLE)
+_VENTRICLES = (ids.LEFT_LATERAL_VENTRICLE, ids.RIGHT_LATERAL_VENTRICLE)
 
 
 class Anatomy:
@@ -143,7 +145,7 @@ class Anatomy:
         self.axes = [self.affine[i, i] * np.arange(n) + self.affine[i, 3] for i, n in enumerate(self.shape)]
         self.t1, self.gm, self.wm = t1, gm, wm
         self.brain = self.labels > 0
-        self.tissue = self.brain & ~np.isin(self.labels, dd.CSF_LABELS)
+        self.tissue = self.brain & ~np.isin(self.labels, ids.CSF_LABELS)
         self.wm_mask = np.isin(self.labels, _CEREBRAL_WM)
         self.cortex = np.isin(self.labels, _CORTEX)
         self.deep_gm = np.isin(self.labels, _DEEP_GM)
@@ -346,9 +348,9 @@ def _encode(image: np.ndarray, prob: np.ndarray, level: float, anatomy: Anatomy,
 
 def _template_source() -> dict:
     """The template's T1, GM and WM maps (channels) and labels as tensors on their 1 mm grid."""
-    t1, labels, affine = dd.mni152_labels()
-    template, gm, wm, raw_affine = dd._load_mni152()
-    (template, gm, wm), cropped = dd._crop_to_brain([template, gm, wm], raw_affine)
+    t1, labels, affine = mni152.mni152_labels()
+    template, gm, wm, raw_affine = mni152._load_mni152()
+    (template, gm, wm), cropped = mni152._crop_to_brain([template, gm, wm], raw_affine)
     if not (np.allclose(cropped, affine) and template.shape == labels.shape):
         raise RuntimeError("the tissue maps do not lie on the label map's grid.")
     channels = np.stack([t1, np.clip(gm, 0, 1), np.clip(wm, 0, 1)]).astype(np.float32)

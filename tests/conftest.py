@@ -37,6 +37,6 @@ def brain_image():
 @pytest.fixture(scope="session")
 def demo_3mm(tmp_path_factory):
     """A small demo dataset (3 mm, 2 training + 1 validation subjects), built once per test session."""
-    from una_bundle.scripts.demo_data import prepare_demo
+    from una_bundle.scripts.data.demo_data import prepare_demo
 
     return prepare_demo(tmp_path_factory.mktemp("demo3mm") / "data", n_train=2, n_val=1, spacing=3.0, seed=0)

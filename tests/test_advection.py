@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from una_bundle.scripts import advect_diffuse, perlin_noise, random_flow
-from una_bundle.scripts.advection import face_coefficients, substep_count
+from una_bundle.scripts.generator.advection import face_coefficients, substep_count
 
 
 def blob(shape=(32, 32, 32), center=(16, 16, 16), radius=5.0, dtype=torch.float64):

@@ -1,8 +1,8 @@
 """The fused Triton sub-step against the torch backend.
 
 Without a GPU the kernel runs in Triton's CPU interpreter. ``triton.jit`` consults ``TRITON_INTERPRET`` when it
-decorates a function; :mod:`una_bundle.scripts.advection_triton` decorates its kernel at the first launch in each
-mode, so setting the variable with ``monkeypatch`` around a test is enough, and it is undone after that test
+decorates a function; :mod:`una_bundle.scripts.generator.advection_triton` decorates its kernel at the first launch in
+each mode, so setting the variable with ``monkeypatch`` around a test is enough, and it is undone after that test
 (nothing is reloaded, nothing leaks into other tests).
 """
 
@@ -13,11 +13,12 @@ import sys
 import pytest
 import torch
 
-from una_bundle.scripts import advect_diffuse, advection, perlin_noise, random_flow
+from una_bundle.scripts import advect_diffuse, perlin_noise, random_flow
+from una_bundle.scripts.generator import advection
 
 pytest.importorskip("triton")
 
-from una_bundle.scripts.advection_triton import advect_diffuse_substep_triton, triton_available  # noqa: E402
+from una_bundle.scripts.generator.advection_triton import advect_diffuse_substep_triton, triton_available  # noqa: E402
 
 SHAPE = (9, 11, 13)  # distinct sizes: an axis or stride mix-up cannot cancel out
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6}
@@ -136,7 +137,7 @@ def test_module_imports_without_triton():
     script = (
         "import sys; sys.modules['triton'] = None\n"
         "import una_bundle.scripts\n"
-        "from una_bundle.scripts.advection_triton import triton_available\n"
+        "from una_bundle.scripts.generator.advection_triton import triton_available\n"
         "assert not triton_available('cuda') and not triton_available('cpu')\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}  # even the interpreter needs triton

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from una_bundle.scripts import FluidAnomaly, RandEncodeAnomaly, RandEncodeAnomalyd
-from una_bundle.scripts.anomaly_encoding import lesion_sign
+from una_bundle.scripts.generator.anomaly_encoding import lesion_sign
 
 
 @pytest.fixture

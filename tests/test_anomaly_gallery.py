@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import ellipsoid
 
-from una_bundle.scripts.anomaly_gallery import generate_anomalies
+from una_bundle.tools.anomaly_gallery import generate_anomalies
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_bad_inputs(tmp_path, brain_file):
 def test_command_line(tmp_path, brain_file):
     image, _ = brain_file
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "una_bundle.scripts.cli", "anomalies", "--image", str(image), "--n", "1"]
+    cmd = [sys.executable, "-m", "una_bundle.tools.cli", "anomalies", "--image", str(image), "--n", "1"]
     done = subprocess.run(cmd + ["--output_dir", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (out / "anomaly_0_mask.nii.gz").is_file() and (out / "fluid_anomalies.png").is_file()

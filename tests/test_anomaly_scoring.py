@@ -7,8 +7,8 @@ from conftest import ellipsoid
 from monai.data import MetaTensor
 from monai.transforms import GaussianSmooth
 
-from una_bundle.scripts.anomaly_scoring import anomaly_map, anomaly_mask, anomaly_threshold
-from una_bundle.scripts.metrics import dice
+from una_bundle.scripts.scoring.anomaly_scoring import anomaly_map, anomaly_mask, anomaly_threshold
+from una_bundle.scripts.scoring.metrics import dice
 
 SHAPE = (32, 36, 30)
 

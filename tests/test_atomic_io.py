@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from una_bundle.scripts.atomic_io import (
+from una_bundle.scripts.data.atomic_io import (
     LOCK_NAME,
     TEMP_TAG,
     FolderInUseError,
@@ -61,7 +61,7 @@ def test_temporaries_of_a_killed_process_are_removed_others_kept(tmp_path):
         """
         import os, signal
         from pathlib import Path
-        from una_bundle.scripts.atomic_io import write_atomic
+        from una_bundle.scripts.data.atomic_io import write_atomic
 
         def killed(tmp):
             tmp.write_text("partial")
@@ -90,7 +90,7 @@ def test_a_claimed_folder_is_refused_to_another_process_until_its_holder_dies(tm
         [
             sys.executable,
             "-c",
-            "import sys, time; from una_bundle.scripts.atomic_io import claim_folder; "
+            "import sys, time; from una_bundle.scripts.data.atomic_io import claim_folder; "
             f"c = claim_folder({str(tmp_path)!r}); print('claimed', flush=True); time.sleep(120)",
         ],
         stdout=subprocess.PIPE,

@@ -18,7 +18,8 @@ import yaml
 from monai.bundle import ConfigParser
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts import release
+from una_bundle.scripts.model.checkpoint import file_hash
+from una_bundle.tools import release
 
 META = BUNDLE_ROOT / "configs" / "metadata.json"
 CONFIG = BUNDLE_ROOT / "configs" / "inference.yaml"
@@ -133,7 +134,7 @@ def test_ckpt_export_matches_the_eager_network(tmp_path, bundle_on_path):
     extra = {"metadata.json": "", "inference.json": ""}
     ts = torch.jit.load(str(exported), map_location="cpu", _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == _meta()["version"]
-    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.network.UNANet"
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.model.network.UNANet"
     x = _input(seed=1)
     with torch.no_grad():
         torch.testing.assert_close(ts(x), _eager_network()(x), rtol=1e-5, atol=1e-5)
@@ -141,14 +142,14 @@ def test_ckpt_export_matches_the_eager_network(tmp_path, bundle_on_path):
 
 def test_committed_torchscript_matches_the_committed_checkpoint():
     """models/model.ts must be the export of models/model.pt (stale after new weights: run the release script)."""
-    assert TS.is_file(), "models/model.ts missing: python -m una_bundle.scripts.release"
+    assert TS.is_file(), "models/model.ts missing: python -m una_bundle.tools.release"
     ts = torch.jit.load(str(TS), map_location="cpu")
     x = _input(seed=2)
     with torch.no_grad():
         a, b = ts(x), _eager_network()(x)
     assert torch.allclose(
         a, b, rtol=1e-5, atol=1e-5
-    ), "models/model.ts is not the export of models/model.pt: run python -m una_bundle.scripts.release"
+    ), "models/model.ts is not the export of models/model.pt: run python -m una_bundle.tools.release"
 
 
 def test_large_files_yml_hashes_match_the_committed_files():
@@ -174,7 +175,7 @@ def test_update_large_files_rewrites_only_the_hash(tmp_path):
         '    hash_type: "sha256"\n'
     )
     (problem,) = release.check_large_files(tmp_path)
-    expected = release.file_hash(tmp_path / "models" / "model.pt")
+    expected = file_hash(tmp_path / "models" / "model.pt")
     assert expected in problem
     assert release.update_large_files(tmp_path) == ["models/model.pt"]
     text = (tmp_path / "large_files.yml").read_text()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from una_bundle.scripts.bundle_config import load_config
-from una_bundle.scripts.checks import check_bool, check_probability, check_range
+from una_bundle.scripts.data.bundle_config import load_config
+from una_bundle.scripts.data.checks import check_bool, check_probability, check_range
 
 
 @pytest.mark.parametrize(

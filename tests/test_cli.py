@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from una_bundle.scripts import cli, inference
+from una_bundle.scripts.workflows import inference
+from una_bundle.tools import cli
 
 
 def test_a_misspelt_flag_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
@@ -51,7 +52,7 @@ def test_help_is_printed_and_describes_every_flag_with_its_default(name, monkeyp
 def test_help_imports_neither_torch_nor_monai():
     """Help and the flag check read the sources: no torch / MONAI import (seconds), python-fire's pager never used."""
     code = (
-        "import sys; from una_bundle.scripts import cli\n"
+        "import sys; from una_bundle.tools import cli\n"
         "for argv in ([], ['infer', '--help'], ['train', '--help']): cli.main(argv)\n"
         "heavy = sorted(m for m in ('torch', 'monai', 'nibabel') if m in sys.modules)\n"
         "assert not heavy, heavy\n"

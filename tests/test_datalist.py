@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from una_bundle.scripts.datalist import ALLOWED_KEYS, load_datalist
+from una_bundle.scripts.data.datalist import ALLOWED_KEYS, load_datalist
 
 
 def _nifti(path: Path, shape=(8, 8, 8), affine=None) -> str:
@@ -191,7 +191,7 @@ def test_a_label_map_of_non_integer_values_is_refused(folder):
 
 
 def test_training_needs_subjects_in_both_lists_and_both_lists(folder):
-    from una_bundle.scripts.datalist import training_entries
+    from una_bundle.scripts.data.datalist import training_entries
 
     path = _write(folder, {"training": _good_entries(), "validation": []})
     assert load_datalist(path, "validation") == []  # the reader itself allows an empty list
@@ -211,7 +211,8 @@ def test_training_needs_subjects_in_both_lists_and_both_lists(folder):
     ],
 )
 def test_check_datalist_and_train_fail_early_naming_the_key(folder, tmp_path, capsys, monkeypatch, data, message):
-    from una_bundle.scripts import cli, training
+    from una_bundle.scripts.workflows import training
+    from una_bundle.tools import cli
 
     entries = _good_entries()
     path = _write(folder, {k: (entries if v == "good" else v) for k, v in data.items()})
@@ -225,7 +226,7 @@ def test_check_datalist_and_train_fail_early_naming_the_key(folder, tmp_path, ca
 
 
 def test_check_datalist_reports_both_lists(folder, capsys):
-    from una_bundle.scripts import cli
+    from una_bundle.tools import cli
 
     path = _write(folder, {"training": _good_entries(), "validation": _good_entries()[1:]})
     cli.main(["check-datalist", "--path", str(path)])

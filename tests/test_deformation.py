@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from una_bundle.scripts.deformation import RandSmoothDeformd, affine_matrix
+from una_bundle.scripts.synthesis.deformation import RandSmoothDeformd, affine_matrix
 
 
 def _cube(shape=(32, 36, 30), corner=(20, 8, 12), size=3):

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from una_bundle.scripts.cli import main
-from una_bundle.scripts.demo_case import run_demo
+from una_bundle.tools.cli import main
+from una_bundle.tools.demo_case import run_demo
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from una_bundle.scripts.datalist import load_datalist
-from una_bundle.scripts.demo_data import (
-    BRAINSTEM,
-    CSF_LABELS,
-    GM_LABELS,
-    LABELS,
-    LEFT_RIGHT_PAIRS,
-    WM_LABELS,
+from una_bundle.scripts.data.datalist import load_datalist
+from una_bundle.scripts.data.demo_data import (
     _grid,
     _jacobian_determinant,
     _world_points,
-    mni152_labels,
     prepare_demo,
     random_deformation,
 )
+from una_bundle.scripts.data.labels import BRAINSTEM, CSF_LABELS, GM_LABELS, LABELS, LEFT_RIGHT_PAIRS, WM_LABELS
+from una_bundle.scripts.data.mni152 import mni152_labels
 
 CEREBELLUM = [LABELS[k] for k in LABELS if "Cerebellum" in k]
 CEREBRUM = [LABELS[k] for k in LABELS if "Cerebral" in k]

@@ -1,4 +1,4 @@
-"""Evaluation (scripts/evaluation.py): intensity normalisation, the evaluate command's outputs, modes and errors.
+"""Evaluation (scripts/workflows): intensity normalisation, the evaluate command's outputs, modes and errors.
 
 The metrics themselves are tested in test_metrics.py.
 """
@@ -13,17 +13,17 @@ import pytest
 import torch
 from test_inference import CONV, conv_checkpoint
 
-from una_bundle.scripts.cli import main
-from una_bundle.scripts.evaluation import (
+from una_bundle.tools.cli import main
+from una_bundle.scripts.workflows.evaluation import (
     anomaly_volumes,
     evaluate,
     gain_l1,
-    kind_summary,
     load_cases,
     normalize_intensity,
     run_evaluation,
 )
-from una_bundle.scripts.metrics import brain_l1
+from una_bundle.scripts.scoring.metrics import brain_l1
+from una_bundle.scripts.workflows.evaluation_report import kind_summary
 
 
 def test_normalize_intensity_divides_by_the_in_brain_percentile(cube_brain):

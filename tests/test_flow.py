@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from una_bundle.scripts import random_flow
-from una_bundle.scripts.flow import REFERENCE_GRID, curl, divergence
+from una_bundle.scripts.generator.flow import REFERENCE_GRID, curl, divergence
 
 
 def test_curl_of_known_potential():

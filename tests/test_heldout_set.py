@@ -1,5 +1,5 @@
 """The held-out evaluation set (benchmarks/heldout_set.py): lesion generators on a small synthetic brain, the case
-plan, the artefacts, and one coarse end-to-end build that scripts.evaluation reads."""
+plan, the artefacts, and one coarse end-to-end build that scripts.workflows.evaluation reads."""
 
 import importlib.util
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from una_bundle.scripts import demo_data as dd
-from una_bundle.scripts.evaluation import load_cases
+from una_bundle.scripts.data import labels as ids
+from una_bundle.scripts.workflows.evaluation import load_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,14 +37,14 @@ def anatomy():
     x, y, z = np.meshgrid(*axes, indexing="ij")
     radius = np.sqrt((x / 50) ** 2 + (y / 60) ** 2 + (z / 45) ** 2)
     labels = np.zeros(shape, dtype=np.uint8)
-    labels[radius < 1.0] = dd.CSF
+    labels[radius < 1.0] = ids.CSF
     right = x >= 0
-    labels[(radius < 0.95) & ~right] = dd.LEFT_CEREBRAL_CORTEX
-    labels[(radius < 0.95) & right] = dd.RIGHT_CEREBRAL_CORTEX
+    labels[(radius < 0.95) & ~right] = ids.LEFT_CEREBRAL_CORTEX
+    labels[(radius < 0.95) & right] = ids.RIGHT_CEREBRAL_CORTEX
     inner = radius < 0.85
-    labels[inner & ~right] = dd.LEFT_CEREBRAL_WHITE_MATTER
-    labels[inner & right] = dd.RIGHT_CEREBRAL_WHITE_MATTER
-    sides = ((-1, dd.LEFT_LATERAL_VENTRICLE, dd.LEFT_THALAMUS), (1, dd.RIGHT_LATERAL_VENTRICLE, dd.RIGHT_THALAMUS))
+    labels[inner & ~right] = ids.LEFT_CEREBRAL_WHITE_MATTER
+    labels[inner & right] = ids.RIGHT_CEREBRAL_WHITE_MATTER
+    sides = ((-1, ids.LEFT_LATERAL_VENTRICLE, ids.LEFT_THALAMUS), (1, ids.RIGHT_LATERAL_VENTRICLE, ids.RIGHT_THALAMUS))
     for side, vent, thal in sides:
         labels[((x - side * 8) / 4) ** 2 + (y / 25) ** 2 + ((z - 8) / 6) ** 2 < 1] = vent
         labels[((x - side * 10) / 6) ** 2 + ((y + 8) / 7) ** 2 + ((z + 6) / 6) ** 2 < 1] = thal

@@ -1,4 +1,4 @@
-"""UNA inference (scripts/inference.py, configs/inference.yaml): geometry round trip, bad inputs, CLI == bundle run.
+"""UNA inference (scripts/workflows, configs/inference.yaml): geometry round trip, bad inputs, CLI == bundle run.
 
 Small synthetic brains (an ellipsoid phantom with three tissue classes, 2.5-3 mm working grid) and tiny networks keep
 the whole file well under a minute on 2 CPU cores.
@@ -16,17 +16,13 @@ import torch
 from monai.data import MetaTensor
 
 from una_bundle import BUNDLE_ROOT
-from una_bundle.scripts import inference
-from una_bundle.scripts.cli import main
-from una_bundle.scripts.inference import (
-    AnomalyMaskd,
-    NormalizeBrainIntensityd,
-    check_bundle_outputs,
-    detect_modality,
-    infer,
-    run_inference,
-)
-from una_bundle.scripts.network import UNANet
+from una_bundle.scripts.model.network import UNANet
+from una_bundle.scripts.preprocessing.brain import NormalizeBrainIntensityd, detect_modality
+from una_bundle.scripts.scoring.anomaly_scoring import AnomalyMaskd
+from una_bundle.scripts.workflows import inference, inference_files
+from una_bundle.scripts.workflows.inference import infer, run_inference
+from una_bundle.scripts.workflows.inference_files import check_bundle_outputs
+from una_bundle.tools.cli import main
 
 FAST = {"spacing": [2.5, 2.5, 2.5], "roi_size": [32, 32, 32], "levels": 3, "features": 8}
 CONV = {"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 1, "kernel_size": 1}
@@ -467,7 +463,7 @@ def test_failed_case_leaves_nothing_and_earlier_cases_stay_complete(tmp_path, un
     for name, lesion in (("a", (28, 17, 11)), ("b", (14, 30, 6))):
         image, affine, _ = phantom(lesion_voxel=lesion)
         save(folder / f"{name}.nii.gz", image, affine)
-    real_figure = inference._qc_figure
+    real_figure = inference.qc_figure
 
     def failing_figure(work, spacing, title, path):
         if title.startswith("b.nii.gz"):
@@ -475,7 +471,7 @@ def test_failed_case_leaves_nothing_and_earlier_cases_stay_complete(tmp_path, un
             raise OSError("disk full")
         real_figure(work, spacing, title, path)
 
-    monkeypatch.setattr(inference, "_qc_figure", failing_figure)
+    monkeypatch.setattr(inference, "qc_figure", failing_figure)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         run_inference(folder, out, checkpoint=unanet_ckpt, **FAST)
@@ -549,7 +545,7 @@ def test_a_second_run_into_a_claimed_output_dir_fails_at_once(case, tmp_path, un
     out = tmp_path / "out"
     out.mkdir()
     code = (
-        "import time; from una_bundle.scripts.atomic_io import claim_folder; "
+        "import time; from una_bundle.scripts.data.atomic_io import claim_folder; "
         f"c = claim_folder({str(out)!r}); print('claimed', flush=True); time.sleep(120)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -577,11 +573,11 @@ def test_temporaries_of_a_killed_run_are_removed_with_a_message(case, tmp_path, 
     out = tmp_path / "out"
     code = f"""
 import os, signal
-from una_bundle.scripts import inference
+from una_bundle.scripts.workflows import inference
 def killed(work, spacing, title, path):
     path.write_bytes(b"half a png")
     os.kill(os.getpid(), signal.SIGKILL)
-inference._qc_figure = killed
+inference.qc_figure = killed
 inference.run_inference({str(path)!r}, {str(out)!r}, checkpoint={str(unanet_ckpt)!r}, quiet=True, **{FAST!r})
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
@@ -638,7 +634,7 @@ def test_read_only_output_dir_is_one_line(case, tmp_path, unanet_ckpt, capsys, m
 
 def test_check_inputd_rejects_a_degenerate_affine_and_complex_values_naming_the_file():
     """The bundle run's check (after LoadImaged): same rules as the API's."""
-    from una_bundle.scripts.inference import CheckInputd
+    from una_bundle.scripts.preprocessing.input_checks import CheckInputd
 
     image, affine, _ = phantom(shape=(12, 14, 10))
     def meta():
@@ -677,16 +673,16 @@ def test_masks_and_label_maps_in_an_input_folder_are_skipped_and_listed(tmp_path
     skipped = ["sub-01_desc-brain_mask.nii.gz", "aparc+aseg.nii.gz", "sub-01_label-WM_probseg.nii", "lesion.nii.gz"]
     for name in skipped:
         save(folder / name, image > image.mean(), affine, np.uint8)
-    assert inference._collect_images(folder) == [folder / "sub-01_T1w.nii.gz"]
+    assert inference_files.collect_images(folder) == [folder / "sub-01_T1w.nii.gz"]
     err = capsys.readouterr().err
     assert f"image: skipped 4 file(s) in {folder} named like masks or label maps: " in err
     assert all(name in err for name in skipped) and err.count("\n") == 1
-    assert inference.datalist_from_folder(folder) == [{"image": str(folder / "sub-01_T1w.nii.gz")}]  # bundle run
+    assert inference_files.datalist_from_folder(folder) == [{"image": str(folder / "sub-01_T1w.nii.gz")}]  # bundle run
     explicit = [folder / skipped[0], folder]
-    assert inference._collect_images(explicit) == explicit[:1] + [folder / "sub-01_T1w.nii.gz"]  # named: processed
+    assert inference_files.collect_images(explicit) == explicit[:1] + [folder / "sub-01_T1w.nii.gz"]  # named: processed
     (folder / "sub-01_T1w.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match=r"no .nii or .nii.gz scans in folder .* \(4 skipped as masks"):
-        inference._collect_images(folder)
+        inference_files.collect_images(folder)
 
 
 @pytest.mark.parametrize(
@@ -695,7 +691,7 @@ def test_masks_and_label_maps_in_an_input_folder_are_skipped_and_listed(tmp_path
     + [("T1_seg", True), ("sub-02_dseg", True), ("wmh", True), ("ROI.lesion", True), ("sub-01_mask_1", True)],
 )
 def test_which_names_look_like_masks_or_label_maps(name, skipped):
-    assert bool(inference.NOT_A_SCAN.search(name)) is skipped
+    assert bool(inference_files.NOT_A_SCAN.search(name)) is skipped
 
 
 def test_bundle_run_folder_inputs_have_their_headers_checked_before_any_data_is_read(tmp_path, monkeypatch):
@@ -703,7 +699,7 @@ def test_bundle_run_folder_inputs_have_their_headers_checked_before_any_data_is_
     folder.mkdir()
     image, affine, _ = phantom(shape=(12, 14, 10))
     save(folder / "a.nii.gz", image, affine)
-    assert inference.datalist_from_folder(folder) == [{"image": str(folder / "a.nii.gz")}]
+    assert inference_files.datalist_from_folder(folder) == [{"image": str(folder / "a.nii.gz")}]
     forged = forged_header(folder / "b.nii.gz", (1200,) * 3)
 
     def no_data(*args, **kwargs):
@@ -712,4 +708,4 @@ def test_bundle_run_folder_inputs_have_their_headers_checked_before_any_data_is_
     for name in ("__array__", "get_unscaled", "__getitem__"):
         monkeypatch.setattr(nib.arrayproxy.ArrayProxy, name, no_data)
     with pytest.raises(ValueError, match=f"image: {forged}: the header declares 1200x1200x1200 voxels of float32"):
-        inference.datalist_from_folder(folder)
+        inference_files.datalist_from_folder(folder)

@@ -1,11 +1,12 @@
-"""The lesion-filled T1w (scripts.lesion_filling): blend, intensity matching, T1w-likeness and the healthy choice."""
+"""The lesion-filled T1w (scripts.scoring.lesion_filling): blend, intensity matching, T1w-likeness and the healthy
+choice."""
 
 import math
 
 import pytest
 import torch
 
-from una_bundle.scripts.lesion_filling import FillAnomalyd, fill_anomaly, healthy_kind, looks_like_t1
+from una_bundle.scripts.scoring.lesion_filling import FillAnomalyd, fill_anomaly, healthy_kind, looks_like_t1
 
 
 def _case(shape=(24, 24, 24)):

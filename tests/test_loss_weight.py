@@ -1,7 +1,7 @@
 import torch
 from monai.data import MetaTensor
 
-from una_bundle.scripts.loss_weight import LesionLossWeightd
+from una_bundle.scripts.model.loss_weight import LesionLossWeightd
 
 
 def test_synthetic_anomaly_is_up_weighted_and_real_lesion_is_not_supervised():

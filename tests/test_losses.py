@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from una_bundle.scripts.losses import AnomalyHeadLoss, StructureContrastiveLoss, UNALoss, WeightedL1GradientLoss
+from una_bundle.scripts.model.losses import AnomalyHeadLoss, StructureContrastiveLoss, UNALoss, WeightedL1GradientLoss
 
 
 def _vol(values, shape):

@@ -1,4 +1,4 @@
-"""Brain-masked metrics (scripts/metrics.py) on hand-made examples with known values."""
+"""Brain-masked metrics (scripts/scoring/metrics.py) on hand-made examples with known values."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.metrics.regression import compute_ssim_and_cs
 
-from una_bundle.scripts.metrics import brain_l1, brain_psnr, brain_ssim, dice, ssim_map
+from una_bundle.scripts.scoring.metrics import brain_l1, brain_psnr, brain_ssim, dice, ssim_map
 
 
 def test_l1_and_psnr_known_values_restricted_to_brain(cube_brain):

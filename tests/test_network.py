@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from una_bundle.scripts.network import UNANet
+from una_bundle.scripts.model.network import UNANet
 
 
 def _count(net, kind):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from una_bundle.scripts import perlin_noise
-from una_bundle.scripts.perlin import PERLIN_BOUND
+from una_bundle.scripts.generator.perlin import PERLIN_BOUND
 
 
 def _naive_perlin(points: torch.Tensor, gradients: torch.Tensor, periods, shape) -> torch.Tensor:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import ellipsoid
 
-from una_bundle.scripts.bundle_config import load_config
-from una_bundle.scripts.pipeline_preview import draw_samples, preview_pipeline
+from una_bundle.scripts.data.bundle_config import load_config
+from una_bundle.tools.pipeline_preview import draw_samples, preview_pipeline
 
 KEYS = ("image", "target", "mask", "lesion", "lesion_prob", "lesion_flip", "weight")
 

@@ -6,8 +6,13 @@ import scipy.ndimage as ndi
 import torch
 from monai.data import MetaTensor
 
-from una_bundle.scripts import registration
-from una_bundle.scripts.registration import FlipRegisterd, apply_flip_registration, flip_matrix, register_flip
+from una_bundle.scripts.preprocessing import registration
+from una_bundle.scripts.preprocessing.registration import (
+    FlipRegisterd,
+    apply_flip_registration,
+    flip_matrix,
+    register_flip,
+)
 
 VOXEL_MM = 4.0
 

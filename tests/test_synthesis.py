@@ -7,16 +7,9 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from una_bundle.scripts.synthesis import (
-    REGIMES,
-    RandLabelToImage,
-    RandLabelToImaged,
-    RandResolution,
-    RandResolutiond,
-    RandSmoothBiasField,
-    RandSmoothBiasFieldd,
-    simulate_resolution,
-)
+from una_bundle.scripts.synthesis.bias_field import RandSmoothBiasField, RandSmoothBiasFieldd
+from una_bundle.scripts.synthesis.contrast import RandLabelToImage, RandLabelToImaged
+from una_bundle.scripts.synthesis.resolution import REGIMES, RandResolution, RandResolutiond, simulate_resolution
 
 N = 32
 AFFINE = torch.tensor(

@@ -1,4 +1,4 @@
-"""The training workflow (configs/train.yaml, multi_gpu_train.yaml, scripts/training.py) on a tiny crop of the 3 mm
+"""The training workflow (configs/train.yaml, multi_gpu_train.yaml, scripts/workflows) on a tiny crop of the 3 mm
 demo data: 32^3 patches, a 2-level U-Net with 8 features, so every run takes seconds on 2 CPU cores."""
 
 import copy
@@ -13,17 +13,12 @@ import torch
 from ignite.engine import Events
 from monai.data import MetaTensor
 
-from una_bundle.scripts import cli
-from una_bundle.scripts import training as training_module
-from una_bundle.scripts.datalist import load_datalist
-from una_bundle.scripts.training import (
-    BUNDLE_ROOT,
-    BrainMetric,
-    PrepareBatch,
-    latest_checkpoint,
-    train,
-    training_workflow,
-)
+from una_bundle.scripts.data.datalist import load_datalist
+from una_bundle.scripts.scoring.metrics import BrainMetric
+from una_bundle.scripts.workflows import training as training_module
+from una_bundle.scripts.workflows.checkpoints import latest_checkpoint
+from una_bundle.scripts.workflows.training import BUNDLE_ROOT, PrepareBatch, train, training_workflow
+from una_bundle.tools import cli
 
 #: Overrides on top of the CPU profile: a tiny network on 32^3 crops, no loader workers.
 TINY = {
@@ -188,7 +183,7 @@ def test_resume_continues_iteration_and_optimiser_state_and_logs_to_mlflow(
         for metric in ("train_loss", "train_loss_l1", "train_loss_gradient", "val_l1", "val_psnr", "val_ssim"):
             assert metric in run.data.metrics, (metric, sorted(run.data.metrics))
         assert run.data.params["roi_size"] == "[32, 32, 32]" and run.data.params["levels"] == "2"
-        assert run.data.params["learning_rate"] == "0.001"  # CPU_PROFILE["learning_rate"]
+        assert run.data.params["learning_rate"] == "0.001"  # configs/train_cpu.yaml learning_rate
         config = [a.path for a in client.list_artifacts(run.info.run_id, "config")]
         assert len(config) == 1 and config[0].startswith("config/config_") and config[0].endswith(".json")
     resumed = client.get_metric_history(runs[1].info.run_id, "train_loss")
@@ -265,9 +260,9 @@ def test_cli_train_passes_arguments_and_maps_user_errors(tmp_path, monkeypatch, 
 _SAVE_FOREVER = """
 import sys, torch
 from ignite.engine import Engine, Events
-from una_bundle.scripts import training
+from una_bundle.scripts.workflows import checkpoints
 net = torch.nn.Linear(2048, 2048)  # 16 MB per save: a kill lands inside a write most of the time
-saver = training.{saver}
+saver = checkpoints.{saver}
 engine = Engine(lambda engine, batch: None)
 
 @engine.on(Events.ITERATION_COMPLETED)
@@ -319,7 +314,7 @@ def test_checkpoints_survive_sigkill_during_a_save(tmp_path, saver, name):
 def test_resume_skips_a_damaged_best_model_and_a_damaged_newest_checkpoint(tmp_path, caplog):
     from ignite.engine import Engine
 
-    from una_bundle.scripts.training import BestCheckpointSaver
+    from una_bundle.scripts.workflows.checkpoints import BestCheckpointSaver
 
     (tmp_path / "model.pt").write_bytes(b"")  # what a kill during MONAI's in-place save left
     saver = BestCheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(2, 2)}, key_metric_name="l1", resume=True)
@@ -343,7 +338,7 @@ def test_resume_skips_a_damaged_best_model_and_a_damaged_newest_checkpoint(tmp_p
 def test_n_saved_is_honoured_after_a_resume(tmp_path):
     from ignite.engine import Engine
 
-    from una_bundle.scripts.training import TrainerCheckpointSaver
+    from una_bundle.scripts.workflows.checkpoints import TrainerCheckpointSaver
 
     net = torch.nn.Linear(2, 2)
     for epoch in (1, 2):  # left by the interrupted run, which kept n_saved=2

@@ -1,7 +1,8 @@
 """una_bundle: UNA (fluid-driven anomaly randomization, CVPR 2025) as a MONAI bundle.
 
 The bundle root is this folder (``configs/``, ``scripts/``, ``models/``, ``docs/``); the Python the configs
-reference lives in :mod:`una_bundle.scripts` (importable as ``scripts`` when the bundle root is on ``sys.path``).
+reference lives in :mod:`una_bundle.scripts` (importable as ``scripts`` when the bundle root is on ``sys.path``);
+the command line and other tooling a bundle run does not need, in :mod:`una_bundle.tools`.
 """
 
 from pathlib import Path

@@ -5,7 +5,7 @@ everything else from the files ``ckpt_export`` stored inside it: ``metadata.json
 channels, 1 output channel, spatial sizes ``8*n``, values in [0, 1]) and ``inference.json`` (the bundle's inference
 config: the preprocessing, the sliding-window inferer and the postprocessing, so the app and
 ``python -m monai.bundle run --config_file configs/inference.yaml`` process a scan the same way). The transforms the
-config names (``scripts.inference.*``) come from the installed ``una_bundle`` package.
+config names (``scripts.*``) come from the installed ``una_bundle`` package.
 
 Three operators, wired ``load -> infer -> write``:
 
@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from una_bundle.scripts.bundle_config import BUNDLE_ROOT, make_scripts_importable
+from una_bundle.scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable
 
 __all__ = [
     "HAS_SDK",
@@ -83,7 +83,7 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> tu
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"TorchScript model not found: {path} (python -m una_bundle.scripts.release makes it).")
+        raise FileNotFoundError(f"TorchScript model not found: {path} (python -m una_bundle.tools.release makes it).")
     extra = {"metadata.json": "", "inference.json": ""}
     try:
         model = torch.jit.load(str(path), map_location=torch.device(device), _extra_files=extra)
@@ -93,7 +93,7 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> tu
     if missing:
         raise ValueError(
             f"{path} holds no {missing}: export it with python -m monai.bundle ckpt_export network_def --meta_file "
-            f"configs/metadata.json --config_file configs/inference.yaml (or python -m una_bundle.scripts.release)."
+            f"configs/metadata.json --config_file configs/inference.yaml (or python -m una_bundle.tools.release)."
         )
     return model.eval(), json.loads(extra["metadata.json"]), json.loads(extra["inference.json"])
 

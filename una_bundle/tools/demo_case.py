@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from monai.data import MetaTensor
 
-from .anomaly_encoding import RandEncodeAnomaly
-from .anomaly_gallery import mni152_brain
-from .evaluation import run_evaluation
-from .fluid_anomaly import FluidAnomaly
-from .nifti_io import check_writable, save_volume
+from ..scripts.data.mni152 import mni152_brain
+from ..scripts.data.nifti_io import check_writable, save_volume
+from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
+from ..scripts.generator.fluid_anomaly import FluidAnomaly
+from ..scripts.workflows.evaluation import run_evaluation
 
 __all__ = ["run_demo"]
 

@@ -58,7 +58,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import TransformBackends, convert_to_dst_type, ensure_tuple_rep
 
-from .atomic_io import write_atomic
+from ..data.atomic_io import write_atomic
 
 __all__ = ["flip_matrix", "register_flip", "apply_flip_registration", "FlipRegisterd"]
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .anomaly_encoding import MODALITY_SIGN
+from ..generator.anomaly_encoding import MODALITY_SIGN
 
 __all__ = [
     "REQUIRED_KEYS",

@@ -20,8 +20,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from .checks import check_probability, check_range
-from .rng import torch_generator
+from ..data.checks import check_probability, check_range
+from ..data.rng import torch_generator
 
 __all__ = ["RandEncodeAnomaly", "RandEncodeAnomalyd", "MODALITY_SIGN", "lesion_sign"]
 

@@ -10,6 +10,7 @@ Built on MONAI's functional metrics, per case:
   half a window, so the map has the image's shape and every brain voxel, border included, has a value. The paper's
   window is a Gaussian of sigma 5 voxels (default here), truncated to ``kernel_size`` = 11 voxels per axis as in MONAI.
 * :func:`dice`: ``compute_dice`` of two binary masks; two empty masks score 1.
+* :class:`BrainMetric`: any of the first three as a MONAI cumulative metric (validation during training).
 
 Shapes: ``pred``, ``truth`` (and ``mask``) are one case ``[*spatial]`` or ``[C, *spatial]`` (result: a 0-d tensor),
 or a batch ``[B, C, *spatial]`` (result: ``[B]``), with ``spatial_dims`` spatial axes. ``mask`` is non-zero inside
@@ -20,13 +21,16 @@ the brain, with one channel or ``pred``'s channels; ``None`` means everywhere. A
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.metrics import compute_dice
+from monai.metrics import CumulativeIterationMetric, compute_dice
 from monai.metrics.regression import compute_mean_error_metrics, compute_ssim_and_cs
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
 
-__all__ = ["brain_l1", "brain_psnr", "ssim_map", "brain_ssim", "dice"]
+__all__ = ["brain_l1", "brain_psnr", "ssim_map", "brain_ssim", "dice", "BrainMetric"]
 
 
 def _batch(x, name: str, spatial_dims: int) -> tuple[torch.Tensor, bool]:
@@ -143,3 +147,57 @@ def dice(pred_mask, truth_mask, spatial_dims: int = 3) -> torch.Tensor:
         raise ValueError(f"pred_mask {tuple(p.shape)} and truth_mask {tuple(t.shape)} must have the same shape.")
     flat = [(x > 0).float().reshape(x.shape[0], 1, -1) for x in (p, t.to(p.device))]
     return _per_case(list(compute_dice(*flat, include_background=True, ignore_empty=False)[:, 0]), batched)
+
+
+class BrainMetric(CumulativeIterationMetric):
+    """L1, PSNR or SSIM between a prediction and its target *inside the brain*, per case then averaged.
+
+    ``y`` carries the target and, as its **last channel**, the brain mask (see :func:`brain_metric_inputs`):
+    ``y_pred`` ``[B, C, X, Y, Z]``, ``y`` ``[B, C + 1, X, Y, Z]``. The values are those of this module
+    (``brain_l1``, ``brain_psnr``, ``brain_ssim``: the same definitions as ``una-bundle evaluate``); a case with an
+    empty mask gives NaN, which the mean reduction skips.
+
+    Args:
+        metric: ``"l1"``, ``"psnr"`` or ``"ssim"``.
+        data_range: intensity range (1 for the [0, 1] targets).
+        reduction: MONAI ``MetricReduction`` over the cases.
+        get_not_nans: also return the number of non-NaN cases from :meth:`aggregate`.
+    """
+
+    _METRICS = {"l1": brain_l1, "psnr": brain_psnr, "ssim": brain_ssim}
+
+    def __init__(
+        self,
+        metric: str = "l1",
+        data_range: float = 1.0,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+        get_not_nans: bool = False,
+    ) -> None:
+        super().__init__()
+        if metric not in self._METRICS:
+            raise ValueError(f"metric must be one of {tuple(self._METRICS)}, got {metric!r}.")
+        self.metric = metric
+        self.data_range = float(data_range)
+        self.reduction = reduction
+        self.get_not_nans = get_not_nans
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if y_pred.dim() < 3 or y.shape[0] != y_pred.shape[0] or y.shape[1] != y_pred.shape[1] + 1:
+            raise ValueError(
+                f"BrainMetric expects y_pred [B, C, ...] and y [B, C + 1, ...] (target + brain mask), got "
+                f"{tuple(y_pred.shape)} and {tuple(y.shape)}."
+            )
+        if y.shape[2:] != y_pred.shape[2:]:
+            raise ValueError(f"BrainMetric: spatial shapes differ, {tuple(y_pred.shape)} vs {tuple(y.shape)}.")
+        args = (torch.as_tensor(y_pred), torch.as_tensor(y[:, :-1]), torch.as_tensor(y[:, -1:]) > 0.5)
+        kwargs = {"spatial_dims": y_pred.dim() - 2}
+        if self.metric != "l1":
+            kwargs["data_range"] = self.data_range
+        return self._METRICS[self.metric](*args, **kwargs).reshape(-1, 1)
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> Any:
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"BrainMetric: the buffer must be a tensor, got {type(data)}.")
+        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
+        return (f, not_nans) if self.get_not_nans else f

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 
 #: The bundle root (``configs/``, ``scripts/``, ``models/``), computed here: this package is also imported as
 #: ``scripts`` (the bundle root on ``sys.path``), where ``una_bundle`` is out of reach.
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["BUNDLE_ROOT", "load_config", "make_scripts_importable"]
 

@@ -2,7 +2,7 @@
 
 * :class:`WeightedL1GradientLoss`: per-voxel weighted L1 between the prediction and the healthy target plus the
   weighted L1 between their spatial gradients (forward differences). The weights come from
-  :class:`~una_bundle.scripts.loss_weight.LesionLossWeightd`: ``1 + lambda * P`` on a synthetic anomaly (inpaint
+  :class:`~una_bundle.scripts.model.loss_weight.LesionLossWeightd`: ``1 + lambda * P`` on a synthetic anomaly (inpaint
   it), ``0`` on a real lesion (its healthy truth is unknown).
 * :class:`StructureContrastiveLoss`: the paper's optional term pulling the prediction inside a lesion towards the
   registered flipped (healthy) side.

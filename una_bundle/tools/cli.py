@@ -58,7 +58,7 @@ def prepare_demo_data(
         seed: random seed of the subjects' deformations.
         overwrite: write into a non-empty ``out_dir`` (files are replaced).
     """
-    from .demo_data import prepare_demo
+    from ..scripts.data.demo_data import prepare_demo
 
     return str(prepare_demo(out_dir, n_train=n_train, n_val=n_val, spacing=spacing, seed=seed, overwrite=overwrite))
 
@@ -72,7 +72,7 @@ def check_datalist(path: str, section: str = "all", check_files: bool = True) ->
         section: the list to check, e.g. ``training`` or ``validation``; ``all``: both, as training needs them.
         check_files: also open every file listed (NIfTI headers, one grid per subject, label values when float).
     """
-    from .datalist import load_datalist
+    from ..scripts.data.datalist import load_datalist
 
     sections = ("training", "validation") if section == "all" else (section,)
     counts = [f"'{name}' {len(load_datalist(path, name, check_files, require_subjects=True))}" for name in sections]
@@ -101,7 +101,7 @@ def train(
         resume: continue from the newest checkpoint in ``<output_dir>/models`` (``--noresume``: start afresh).
         overrides: other config ids, a dict or JSON string, e.g. ``'{"network_def#levels": 3}'``.
     """
-    from . import training
+    from ..scripts.workflows import training
 
     if isinstance(overrides, str):
         try:
@@ -119,29 +119,31 @@ def train(
     )
 
 
-#: command -> ``module:function`` of ``una_bundle.scripts``; the module is imported only when the command runs
+#: command -> ``module:function`` of ``una_bundle``; the module is imported only when the command runs
 COMMANDS = {
-    "demo": "cli:demo",
-    "anomalies": "anomaly_gallery:generate_anomalies",
-    "prepare-demo": "cli:prepare_demo_data",
-    "check-datalist": "cli:check_datalist",
-    "preview": "pipeline_preview:preview_pipeline",
-    "infer": "inference:infer",
-    "evaluate": "evaluation:evaluate",
-    "train": "cli:train",
+    "demo": "tools.cli:demo",
+    "anomalies": "tools.anomaly_gallery:generate_anomalies",
+    "prepare-demo": "tools.cli:prepare_demo_data",
+    "check-datalist": "tools.cli:check_datalist",
+    "preview": "tools.pipeline_preview:preview_pipeline",
+    "infer": "scripts.workflows.inference:infer",
+    "evaluate": "scripts.workflows.evaluation:evaluate",
+    "train": "tools.cli:train",
 }
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # una_bundle/
 
 
 def command_function(name: str):
     """The function behind command ``name`` (imports its module)."""
     module, function = COMMANDS[name].split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
+    return getattr(importlib.import_module(f"{__package__.rpartition('.')[0]}.{module}"), function)
 
 
 @functools.lru_cache(maxsize=None)
 def _functions(module: str) -> dict[str, ast.FunctionDef]:
-    """The top-level functions of ``una_bundle/scripts/<module>.py``, parsed, not imported."""
-    tree = ast.parse(Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8"))
+    """The top-level functions of ``una_bundle/<module as a path>.py``, parsed, not imported."""
+    path = _PACKAGE_ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 

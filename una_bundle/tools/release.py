@@ -6,10 +6,10 @@ fetches every entry whose file is missing and checks the hash of every file pres
 CPU weights (``models/model.pt``) and their TorchScript export (``models/model.ts``) directly, so the file only has
 to state their hashes. After replacing ``models/model.pt`` (e.g. with newly trained weights), run::
 
-    python -m una_bundle.scripts.release            # re-export models/model.ts, rewrite the hashes
-    python -m una_bundle.scripts.release --check    # only compare: exit code 1 and the hashes to write if stale
+    python -m una_bundle.tools.release            # re-export models/model.ts, rewrite the hashes
+    python -m una_bundle.tools.release --check    # only compare: exit code 1 and the hashes to write if stale
 
-(``PYTHONPATH=una_bundle python -m scripts.release`` does the same from a checkout that is not installed.)
+(From the repository root it also runs without installing the package.)
 The TorchScript export is ``python -m monai.bundle ckpt_export network_def`` with the bundle's inference config and
 metadata (both are stored inside ``model.ts`` as extra files), by scripting (``torch.jit.script``), not tracing.
 """
@@ -17,29 +17,16 @@ metadata (both are stored inside ``model.ts`` as extra files), by scripting (``t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 from pathlib import Path
 
 import yaml
 
-from .bundle_config import BUNDLE_ROOT, make_scripts_importable
+from ..scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable
+from ..scripts.model.checkpoint import file_hash
 
-__all__ = ["file_hash", "read_large_files", "check_large_files", "update_large_files", "export_torchscript", "main"]
-
-_HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
-
-
-def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
-    """Hex digest of a file (``hash_type`` one of md5, sha1, sha256, sha512, as ``monai.apps.utils.check_hash``)."""
-    if hash_type.lower() not in _HASH_TYPES:
-        raise ValueError(f"hash_type must be one of {_HASH_TYPES}, got {hash_type!r}.")
-    h = hashlib.new(hash_type.lower())
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["read_large_files", "check_large_files", "update_large_files", "export_torchscript", "main"]
 
 
 def read_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[dict]:
@@ -70,7 +57,7 @@ def check_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[str]:
         if actual != str(entry["hash_val"]):
             problems.append(
                 f"{entry['path']}: large_files.yml says {entry['hash_type']} {entry['hash_val']}, the file has "
-                f'{actual}; write hash_val: "{actual}" (python -m una_bundle.scripts.release does it)'
+                f'{actual}; write hash_val: "{actual}" (python -m una_bundle.tools.release does it)'
             )
     return problems
 

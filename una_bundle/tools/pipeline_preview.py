@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle_config import load_config
-from .nifti_io import check_writable
+from ..scripts.data.bundle_config import load_config
+from ..scripts.data.nifti_io import check_writable
 
 __all__ = ["preview_pipeline", "draw_samples"]
 

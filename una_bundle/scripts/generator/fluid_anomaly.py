@@ -31,11 +31,11 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
+from ..data.checks import check_probability, check_range
+from ..data.rng import torch_generator
 from .advection import BACKENDS, advect_diffuse
-from .checks import check_probability, check_range
 from .flow import REFERENCE_MAGNITUDE, random_flow
 from .perlin import perlin_noise
-from .rng import torch_generator
 
 __all__ = ["FluidAnomaly", "RandFluidAnomalyd", "load_lesion_map", "center_pad_or_crop"]
 

@@ -15,21 +15,12 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from .anomaly_encoding import RandEncodeAnomaly
-from .fluid_anomaly import FluidAnomaly
-from .nifti_io import check_writable, load_volume, save_volume
+from ..scripts.data.mni152 import mni152_brain
+from ..scripts.data.nifti_io import check_writable, load_volume, save_volume
+from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
+from ..scripts.generator.fluid_anomaly import FluidAnomaly
 
-__all__ = ["generate_anomalies", "mni152_brain"]
-
-
-def mni152_brain() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """The 1 mm MNI152 2009 T1 template and brain mask shipped inside nilearn (no download)."""
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
-
-    template = load_mni152_template(resolution=1)
-    mask = load_mni152_brain_mask(resolution=1)
-    image = torch.as_tensor(np.asarray(template.get_fdata(), dtype=np.float32))
-    return image, torch.as_tensor(np.asarray(mask.get_fdata()) > 0), np.asarray(template.affine)
+__all__ = ["generate_anomalies"]
 
 
 def _slice(volume: torch.Tensor, axis: int, index: int) -> np.ndarray:

@@ -20,8 +20,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
-from .checks import check_probability, check_range
-from .rng import random_seed
+from ..data.checks import check_probability, check_range
+from ..data.rng import random_seed
 
 __all__ = ["RandSmoothDeformd", "affine_matrix"]
 

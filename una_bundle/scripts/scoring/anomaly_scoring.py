@@ -20,17 +20,26 @@ The mask (:func:`anomaly_mask`) is the map above the threshold, inside the brain
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import GaussianSmooth
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import GaussianSmooth, MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
+
+from ..preprocessing.input_checks import image_affine
 
 __all__ = [
     "anomaly_map",
     "anomaly_threshold",
     "anomaly_mask",
+    "AnomalyScored",
+    "AnomalyMaskd",
     "THRESHOLD_METHODS",
     "DEFAULT_THRESHOLD",
     "DEFAULT_MIN_COMPONENT_MM3",
@@ -191,3 +200,120 @@ def anomaly_mask(
     out = mask.to(torch.uint8)
     out = out[None] if torch.as_tensor(anomaly).ndim == 4 else out
     return convert_to_dst_type(out, anomaly, dtype=torch.uint8)[0]
+
+
+class AnomalyScored(Transform):
+    """Anomaly map and its threshold on the working grid, from the network's anomaly head or the difference map.
+
+    With a two-channel prediction (healthy T1w, anomaly logits) and ``source`` ``"auto"`` or ``"head"``, the map is
+    the head's probability ``sigmoid(logits)`` inside the brain and the threshold ``head_threshold``; ``d[pred_key]``
+    keeps only the healthy channel. Otherwise (``source="difference"`` or a one-channel model) the map is
+    ``scripts.scoring.anomaly_scoring.anomaly_map(image, healthy, brain)`` and the threshold
+    ``anomaly_threshold(map, brain, threshold_method, threshold)``. ``d[output_key]`` is ``[1, X, Y, Z]`` with the
+    prediction's metadata (so ``Invertd`` maps it back), ``d[threshold_key]`` a float; ``image`` is channel
+    ``channel`` of ``d[image_key]`` (the normalised input, not its flip).
+
+    Args:
+        image_key: the network input ``[C, X, Y, Z]``.
+        pred_key: the prediction ``[1 or 2, X, Y, Z]`` (healthy T1w in [0, 1], then the head's logits).
+        mask_key: the brain mask ``[1, X, Y, Z]``.
+        output_key: where to store the map.
+        threshold_key: where to store the threshold.
+        threshold_method: ``"fixed"`` or ``"otsu"`` (see ``anomaly_scoring.anomaly_threshold``).
+        threshold: the value of ``"fixed"``.
+        channel: the image's channel in ``d[image_key]``.
+        source: ``"auto"`` (the head when the prediction has one), ``"head"`` or ``"difference"``.
+        head_threshold: threshold on the head's probability.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        pred_key: str = "pred",
+        mask_key: str = "brain",
+        output_key: str = "anomaly",
+        threshold_key: str = "anomaly_threshold",
+        threshold_method: str = "fixed",
+        threshold: float = DEFAULT_THRESHOLD,
+        channel: int = 0,
+        source: str = "auto",
+        head_threshold: float = 0.5,
+    ) -> None:
+        if threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}.")
+        if source not in ANOMALY_SOURCES:
+            raise ValueError(f"source must be one of {ANOMALY_SOURCES}, got {source!r}.")
+        if not 0 < head_threshold < 1:
+            raise ValueError(f"head_threshold must be in (0, 1), got {head_threshold}.")
+        self.source, self.head_threshold = source, float(head_threshold)
+        self.image_key, self.pred_key, self.mask_key = image_key, pred_key, mask_key
+        self.output_key, self.threshold_key, self.channel = output_key, threshold_key, int(channel)
+        self.threshold_method, self.threshold = threshold_method, float(threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        pred, image = d[self.pred_key], d[self.image_key]
+        if not isinstance(pred, MetaTensor):  # Invertd needs a MetaTensor
+            pred = MetaTensor(torch.as_tensor(pred), meta=dict(getattr(image, "meta", {})))
+            d[self.pred_key] = pred
+        device = pred.device
+        channels = pred.shape[0]
+        if self.source == "head" and channels < 2:
+            raise ValueError(f"AnomalyScored: source='head' needs a model with an anomaly head, got {channels} channel.")
+        brain = torch.as_tensor(d[self.mask_key])[0].to(device) > 0.5
+        if channels > 1 and self.source != "difference":
+            amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain
+            d[self.threshold_key] = self.head_threshold
+        else:
+            healthy = pred.as_tensor()[0].float().clamp(0, 1)
+            img = torch.as_tensor(image)[self.channel].to(device).float()
+            amap = torch.as_tensor(anomaly_map(img, healthy, brain)).to(device, torch.float32).reshape(healthy.shape)
+            d[self.threshold_key] = anomaly_threshold(amap, brain, self.threshold_method, self.threshold)
+        d[self.pred_key] = pred[:1]
+        d[self.output_key] = convert_to_dst_type(amap[None], pred, dtype=torch.float32)[0]
+        return d
+
+
+#: Where the anomaly map comes from (:class:`AnomalyScored`).
+ANOMALY_SOURCES = ("auto", "head", "difference")
+
+
+class AnomalyMaskd(MapTransform):
+    """``d[output_key] = anomaly_mask(map, threshold, brain)``: ``map > threshold`` inside the brain, connected
+    components smaller than ``min_component_mm3`` removed; uint8 ``[1, X, Y, Z]`` with the map's metadata.
+
+    The size is in mm^3 and converted with the map's voxel volume (its affine), so the rule is the same on any grid.
+
+    Args:
+        keys: the anomaly map key.
+        mask_key: the brain mask key (same grid), or ``None``.
+        threshold_key: key of the threshold (a float).
+        output_key: where to store the mask.
+        min_component_mm3: smallest kept component (0: keep all).
+        allow_missing_keys: don't raise when a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str | None = "brain",
+        threshold_key: str = "anomaly_threshold",
+        output_key: str = "anomaly_mask",
+        min_component_mm3: float = DEFAULT_MIN_COMPONENT_MM3,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not min_component_mm3 >= 0:
+            raise ValueError(f"min_component_mm3 must be >= 0, got {min_component_mm3}.")
+        self.mask_key, self.threshold_key, self.output_key = mask_key, threshold_key, output_key
+        self.min_component_mm3 = float(min_component_mm3)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        threshold = float(torch.as_tensor(d[self.threshold_key]).reshape(-1)[0])
+        for key in self.key_iterator(d):
+            voxel_mm3 = abs(float(np.linalg.det(image_affine(d[key])[:3, :3])))
+            min_voxels = int(np.ceil(self.min_component_mm3 / voxel_mm3 - 1e-6)) if voxel_mm3 > 0 else 0
+            brain = d.get(self.mask_key) if self.mask_key is not None else None
+            d[self.output_key] = anomaly_mask(d[key], threshold, min_voxels, brain)
+        return d
