@@ -150,3 +150,17 @@ def test_errors_name_the_problem():
         anomaly_map(image, image, brain[:-1])
     with pytest.raises(ValueError, match="min_component_voxels"):
         anomaly_mask(image, 0.1, min_component_voxels=-3)
+
+
+def test_hysteresis_keeps_whole_lesions_with_a_confident_core_and_drops_blobs_without():
+    amap = torch.zeros(20, 20, 20)
+    amap[2:8, 2:8, 2:8] = 0.6  # a lesion with a confident core ...
+    amap[4:6, 4:6, 4:6] = 0.95
+    amap[12:18, 12:18, 12:18] = 0.7  # ... and a blob of moderate values: a typical false positive
+    plain = anomaly_mask(amap, 0.5, 0)
+    assert int(plain.sum()) == 216 + 216
+    hysteresis = anomaly_mask(amap, 0.5, 0, seed_threshold=0.9)
+    assert int(hysteresis.sum()) == 216 and bool(hysteresis[2:8, 2:8, 2:8].all())  # the whole lesion, nothing else
+    assert int(anomaly_mask(amap, 0.5, 0, seed_threshold=0.96).sum()) == 0
+    with pytest.raises(ValueError, match="seed_threshold"):
+        anomaly_mask(amap, 0.5, 0, seed_threshold=0.4)

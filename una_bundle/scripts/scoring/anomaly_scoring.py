@@ -172,29 +172,40 @@ def anomaly_mask(
     threshold: float,
     min_component_voxels: int = int(DEFAULT_MIN_COMPONENT_MM3),
     brain_mask=None,
+    seed_threshold: float | None = None,
 ) -> torch.Tensor:
-    """Threshold an anomaly map and drop connected components (26-connectivity) smaller than a size.
+    """Threshold an anomaly map and drop connected components (26-connectivity) smaller than a size, or (hysteresis)
+    without a voxel above ``seed_threshold``.
+
+    Hysteresis keeps a lesion's whole extent at the lower ``threshold`` while a blob of moderate values with no
+    confident core (the typical false positive of a probability map on healthy tissue) is dropped.
 
     Args:
         anomaly: map ``[X, Y, Z]`` or ``[1, X, Y, Z]``.
         threshold: voxels with ``anomaly > threshold`` are anomalous.
         min_component_voxels: components with fewer voxels are removed (0 or 1: keep all).
         brain_mask: optional; voxels outside it are never anomalous.
+        seed_threshold: optional; components whose maximum is at most this are removed (``None``: no hysteresis).
 
     Returns:
         uint8 0/1 mask, shape and type (and metadata) of ``anomaly``.
     """
     if int(min_component_voxels) != min_component_voxels or min_component_voxels < 0:
         raise ValueError(f"min_component_voxels must be an integer >= 0, got {min_component_voxels}.")
+    if seed_threshold is not None and not seed_threshold >= threshold:
+        raise ValueError(f"seed_threshold must be >= threshold ({threshold}), got {seed_threshold}.")
     amap = _volume(anomaly, "anomaly")
     mask = amap > float(threshold)
     brain = _brain(brain_mask, amap)
     if brain is not None:
         mask &= brain
-    if min_component_voxels > 1 and bool(mask.any()):
+    if (min_component_voxels > 1 or seed_threshold is not None) and bool(mask.any()):
         labels, n = ndi.label(mask.cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= int(min_component_voxels)
+        keep = sizes >= max(int(min_component_voxels), 1)
+        if seed_threshold is not None:
+            peaks = ndi.maximum(amap.cpu().numpy(), labels, index=np.arange(n + 1))
+            keep &= np.asarray(peaks) > float(seed_threshold)
         keep[0] = False
         mask = torch.from_numpy(keep[labels]).to(amap.device)
     out = mask.to(torch.uint8)
@@ -224,6 +235,9 @@ class AnomalyScored(Transform):
         channel: the image's channel in ``d[image_key]``.
         source: ``"auto"`` (the head when the prediction has one), ``"head"`` or ``"difference"``.
         head_threshold: threshold on the head's probability.
+        head_seed_threshold: hysteresis for the head's map (``None``: none): a component of ``map > head_threshold``
+            is kept only if it reaches this value somewhere (:func:`anomaly_mask`); stored in ``seed_threshold_key``.
+        seed_threshold_key: where to store it (``None`` for the difference map).
     """
 
     def __init__(
@@ -238,6 +252,8 @@ class AnomalyScored(Transform):
         channel: int = 0,
         source: str = "auto",
         head_threshold: float = 0.5,
+        head_seed_threshold: float | None = None,
+        seed_threshold_key: str = "anomaly_seed_threshold",
     ) -> None:
         if threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}.")
@@ -245,7 +261,11 @@ class AnomalyScored(Transform):
             raise ValueError(f"source must be one of {ANOMALY_SOURCES}, got {source!r}.")
         if not 0 < head_threshold < 1:
             raise ValueError(f"head_threshold must be in (0, 1), got {head_threshold}.")
+        if head_seed_threshold is not None and not head_threshold <= head_seed_threshold < 1:
+            raise ValueError(f"head_seed_threshold must be in [head_threshold, 1), got {head_seed_threshold}.")
         self.source, self.head_threshold = source, float(head_threshold)
+        self.head_seed_threshold = None if head_seed_threshold is None else float(head_seed_threshold)
+        self.seed_threshold_key = seed_threshold_key
         self.image_key, self.pred_key, self.mask_key = image_key, pred_key, mask_key
         self.output_key, self.threshold_key, self.channel = output_key, threshold_key, int(channel)
         self.threshold_method, self.threshold = threshold_method, float(threshold)
@@ -264,11 +284,13 @@ class AnomalyScored(Transform):
         if channels > 1 and self.source != "difference":
             amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain
             d[self.threshold_key] = self.head_threshold
+            d[self.seed_threshold_key] = self.head_seed_threshold
         else:
             healthy = pred.as_tensor()[0].float().clamp(0, 1)
             img = torch.as_tensor(image)[self.channel].to(device).float()
             amap = torch.as_tensor(anomaly_map(img, healthy, brain)).to(device, torch.float32).reshape(healthy.shape)
             d[self.threshold_key] = anomaly_threshold(amap, brain, self.threshold_method, self.threshold)
+            d[self.seed_threshold_key] = None
         d[self.pred_key] = pred[:1]
         d[self.output_key] = convert_to_dst_type(amap[None], pred, dtype=torch.float32)[0]
         return d
@@ -290,6 +312,8 @@ class AnomalyMaskd(MapTransform):
         threshold_key: key of the threshold (a float).
         output_key: where to store the mask.
         min_component_mm3: smallest kept component (0: keep all).
+        seed_threshold_key: key of the hysteresis seed threshold (a float, or None: none), see :func:`anomaly_mask`;
+            a missing key means none.
         allow_missing_keys: don't raise when a key is missing.
     """
 
@@ -300,9 +324,11 @@ class AnomalyMaskd(MapTransform):
         threshold_key: str = "anomaly_threshold",
         output_key: str = "anomaly_mask",
         min_component_mm3: float = DEFAULT_MIN_COMPONENT_MM3,
+        seed_threshold_key: str = "anomaly_seed_threshold",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.seed_threshold_key = seed_threshold_key
         if not min_component_mm3 >= 0:
             raise ValueError(f"min_component_mm3 must be >= 0, got {min_component_mm3}.")
         self.mask_key, self.threshold_key, self.output_key = mask_key, threshold_key, output_key
@@ -311,9 +337,11 @@ class AnomalyMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         threshold = float(torch.as_tensor(d[self.threshold_key]).reshape(-1)[0])
+        seed = d.get(self.seed_threshold_key)
+        seed = None if seed is None else float(torch.as_tensor(seed).reshape(-1)[0])
         for key in self.key_iterator(d):
             voxel_mm3 = abs(float(np.linalg.det(image_affine(d[key])[:3, :3])))
             min_voxels = int(np.ceil(self.min_component_mm3 / voxel_mm3 - 1e-6)) if voxel_mm3 > 0 else 0
             brain = d.get(self.mask_key) if self.mask_key is not None else None
-            d[self.output_key] = anomaly_mask(d[key], threshold, min_voxels, brain)
+            d[self.output_key] = anomaly_mask(d[key], threshold, min_voxels, brain, seed)
         return d
