@@ -709,3 +709,20 @@ def test_bundle_run_folder_inputs_have_their_headers_checked_before_any_data_is_
         monkeypatch.setattr(nib.arrayproxy.ArrayProxy, name, no_data)
     with pytest.raises(ValueError, match=f"image: {forged}: the header declares 1200x1200x1200 voxels of float32"):
         inference_files.datalist_from_folder(folder)
+
+
+def test_an_input_that_does_not_look_like_a_brain_is_flagged(case, tmp_path, capsys):
+    """Pure noise: the head (here: fires on any bright voxel) flags most of the 'brain'; the report and the console
+    say the input does not look like a brain scan. The phantom with its small lesion gets no warning."""
+    path, _ = case
+    noise = np.random.default_rng(0).uniform(50, 200, nib.load(str(path)).shape).astype(np.float32)
+    noisy = save(tmp_path / "in" / "noise.nii.gz", noise, nib.load(str(path)).affine)
+    ckpt = head_checkpoint(tmp_path / "head.pt", bias=-12.5)  # fires above 5/8 of the range: the lesion, not tissue
+    head = {"network_def": {**CONV, "out_channels": 2}, "percentiles": [0.0, 100.0]}
+    reports = run_inference([path, noisy], tmp_path / "out", checkpoint=ckpt, overrides=head, **FAST)
+    by_name = {r["input"].rsplit("/", 1)[-1]: r for r in reports}
+    assert by_name["sub-01.nii.gz"]["warnings"] == []
+    warning = by_name["noise.nii.gz"]["warnings"]
+    assert len(warning) == 1 and "% of the brain" in warning[0] and "skull-stripped brain scan" in warning[0]
+    err = capsys.readouterr().err
+    assert "una-bundle: warning:" in err and "noise.nii.gz" in err

@@ -198,6 +198,10 @@ class _Case:
     check_s: float
 
 
+#: Share of the brain an anomaly may cover before the report warns that the input does not look like a brain scan.
+IMPLAUSIBLE_ANOMALY_SHARE = 0.25
+
+
 def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> dict:
     """Run one case and write its files atomically; returns its report."""
     start = time.perf_counter()
@@ -207,6 +211,14 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
             raise RuntimeError(f"{case.image}: {kind} has shape {outputs[kind].shape}, the input {case.shape}.")
     volume_ml = float(outputs["anomaly_mask"].sum()) * abs(float(np.linalg.det(case.affine[:3, :3]))) / 1000.0
     timings = {"setup_shared": context["setup_s"], "input_check": round(case.check_s, 3), **timings}
+    share = float((work["anomaly_mask"] & work["brain"]).sum()) / max(float(work["brain"].sum()), 1.0)
+    warnings = []
+    if share > IMPLAUSIBLE_ANOMALY_SHARE:
+        warnings.append(
+            f"the anomaly covers {100 * share:.0f} % of the brain: the input may not be a skull-stripped brain scan "
+            f"(noise, another organ, a failed brain extraction) or is far from what the model was trained on; do not "
+            f"trust its outputs"
+        )
     rule = "auto: CT if >= 0.1% of voxels are <= -500 (air in HU), else MR (contrast not determined)"
     report = {
         "input": str(case.image.resolve()),
@@ -229,6 +241,7 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
         "device": str(context["device"]),
         "model": context["model"],
         "outputs": {k: str(case.outputs[k].resolve()) for k in kinds},
+        "warnings": warnings,
         "timings_s": timings,
     }
     nifti = {
@@ -355,6 +368,8 @@ def run_inference(
                     )
                 raise
             reports.append(report)
+            for warning in report["warnings"]:
+                print(f"una-bundle: warning: {case.image}: {warning}", file=sys.stderr, flush=True)
             if not quiet:
                 volume, seconds = report["anomaly_volume_ml"], report["timings_s"]["total"]
                 print(
