@@ -206,7 +206,7 @@ def test_monai_label_bundle_ids_resolve(bundle_on_path):
     key_pred = next(iter(meta["network_data_format"]["outputs"]))
     assert (key_image, key_pred) == ("image", "pred")  # BasicInferTask's input_key / output_label_key defaults
     labels = {v.lower(): int(k) for k, v in meta["network_data_format"]["outputs"]["pred"]["channel_def"].items()}
-    assert labels == {"healthy t1w": 0}
+    assert labels == {"healthy t1w": 0, "anomaly logit": 1}
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
     parser.config.update({"bundle_root": str(BUNDLE_ROOT)})  # as BundleInferTask._load_bundle_config
