@@ -1,0 +1,108 @@
+"""A small, committable training state, to continue the shipped model's training in a later session.
+
+A resume checkpoint of ``configs/train.yaml`` (``models/checkpoint_epoch=N.pt``: network, AdamW, scheduler, trainer)
+is three times the network's size. When the shipped weights (``models/model.pt``) are that checkpoint's network, the
+rest is all a later run needs: :func:`pack` keeps the optimizer (its moment tensors in bfloat16: half the bytes; the
+optimizer casts them back to float32 on loading), the scheduler and the trainer's counters, and records the hash of
+the weights it belongs to; :func:`unpack` joins them with ``models/model.pt`` into a resume checkpoint in a run's
+``models/`` folder, so the documented training command, re-run on that folder, resumes there::
+
+    python -m una_bundle.tools.training_state pack RUN/models/checkpoint_epoch=N.pt training_state/cpu_recipe.pt
+    python -m una_bundle.tools.training_state unpack training_state/cpu_recipe.pt RUN    # then the training command
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..scripts.data.atomic_io import write_atomic
+from ..scripts.data.bundle_config import BUNDLE_ROOT
+from ..scripts.model.checkpoint import file_hash, read_state_dict
+
+__all__ = ["pack", "unpack", "main"]
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: torch.save(obj, str(tmp)))
+
+
+def pack(checkpoint: str | Path, out: str | Path, weights: str | Path = BUNDLE_ROOT / "models" / "model.pt") -> Path:
+    """Write the training state of ``checkpoint`` without its network to ``out``; ``weights`` must hold exactly that
+    network (the shipped ``models/model.pt``), else ``ValueError``."""
+    state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    missing = {"model", "optimizer", "lr_scheduler", "trainer"} - set(state)
+    if missing:
+        raise ValueError(f"{checkpoint}: not a training resume checkpoint (missing {sorted(missing)}).")
+    shipped = read_state_dict(Path(weights))
+    if shipped.keys() != state["model"].keys() or any(
+        not torch.equal(shipped[k], state["model"][k]) for k in shipped
+    ):
+        raise ValueError(f"{weights} is not the network of {checkpoint}: ship that network first, then pack.")
+    optimizer = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
+    for index, values in state["optimizer"]["state"].items():
+        optimizer["state"][index] = {
+            k: (v.to(torch.bfloat16) if k in _MOMENTS else v) for k, v in values.items()
+        }
+    packed = {
+        "optimizer": optimizer,
+        "lr_scheduler": state["lr_scheduler"],
+        "trainer": state["trainer"],
+        "weights_sha256": file_hash(Path(weights)),
+    }
+    _save(packed, Path(out))
+    return Path(out)
+
+
+def unpack(state: str | Path, run_dir: str | Path, weights: str | Path = BUNDLE_ROOT / "models" / "model.pt") -> Path:
+    """Write ``run_dir/models/checkpoint_epoch=N.pt`` (N from the trainer state) from ``state`` and ``weights``;
+    returns its path. Refuses weights other than those the state was packed with, and an existing file."""
+    packed = torch.load(str(state), map_location="cpu", weights_only=False)
+    if file_hash(Path(weights)) != packed.get("weights_sha256"):
+        raise ValueError(f"{weights} is not the network {state} was packed with (sha256 differs).")
+    trainer = packed["trainer"]
+    epoch = int(trainer["iteration"]) // int(trainer["epoch_length"])
+    out = Path(run_dir) / "models" / f"checkpoint_epoch={epoch}.pt"
+    if out.exists():
+        raise FileExistsError(f"{out} exists; unpack into a new run folder.")
+    checkpoint = {
+        "model": read_state_dict(Path(weights)),
+        "optimizer": packed["optimizer"],
+        "lr_scheduler": packed["lr_scheduler"],
+        "trainer": trainer,
+    }
+    _save(checkpoint, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="resume checkpoint -> small training state")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    u = sub.add_parser("unpack", help="training state + models/model.pt -> resume checkpoint in RUN/models")
+    u.add_argument("state")
+    u.add_argument("run_dir")
+    for q in (p, u):
+        q.add_argument("--weights", default=str(BUNDLE_ROOT / "models" / "model.pt"))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "pack":
+            print(pack(args.checkpoint, args.out, args.weights))
+        else:
+            print(unpack(args.state, args.run_dir, args.weights))
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"training_state: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
