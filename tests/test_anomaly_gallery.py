@@ -63,3 +63,13 @@ def test_command_line(tmp_path, brain_file):
     again = subprocess.run(cmd + ["--output_dir", str(out)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "una-bundle: error: output exists" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_gallery_uses_the_training_recipe_lesion_settings(tmp_path, brain_file):
+    image, _ = brain_file
+    recipe = generate_anomalies(output_dir=str(tmp_path / "a"), image=str(image), n=1, seed=0)
+    assert recipe["parameters"]["percentile_sampling"] == "log"  # read from configs/train.yaml
+    assert recipe["parameters"]["shape_periods"][0] < recipe["parameters"]["shape_periods"][1]
+    assert recipe["anomalies"][0]["lesion_ml"] > 0
+    reference = generate_anomalies(output_dir=str(tmp_path / "b"), image=str(image), n=1, seed=0, recipe=False)
+    assert reference["parameters"] == {}

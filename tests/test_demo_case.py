@@ -19,13 +19,14 @@ def demo_run(tmp_path_factory):
 
 def test_demo_writes_the_case_predictions_and_metrics(demo_run):
     out, table = demo_run
-    assert "| mni152_lesion |" in table
+    assert "| mni152_lesion |" in table and "| mni152_healthy |" in table  # the lesion case and the template
     for name in ("metrics.md", "metrics.csv", "metrics_boxplots.png", "predictions/mni152_lesion_qc.png"):
         assert (out / name).stat().st_size > 0, name
     case = nib.load(out / "case" / "mni152_lesion.nii.gz")
-    for kind in ("healthy", "anomaly", "anomaly_mask"):
-        output = nib.load(out / "predictions" / f"mni152_lesion_{kind}.nii.gz")
-        assert output.shape == case.shape and np.allclose(output.affine, case.affine)
+    for name in ("mni152_lesion", "mni152_healthy"):
+        for kind in ("healthy", "synthesized", "anomaly", "anomaly_mask"):
+            output = nib.load(out / "predictions" / f"{name}_{kind}.nii.gz")
+            assert output.shape == case.shape and np.allclose(output.affine, case.affine)
     lesion = np.asarray(nib.load(out / "case" / "lesion.nii.gz").dataobj)
     assert lesion.sum() > 0  # the demo case carries a simulated lesion
 
@@ -42,6 +43,8 @@ def test_shipped_model_gives_a_finite_brain_shaped_reconstruction(demo_run):
     assert dice > 0.9
     # anatomy, not a blob: the reconstruction follows the template's tissue contrast inside the brain
     assert np.corrcoef(healthy[brain], truth[brain])[0, 1] > 0.5
+    synthesized = np.asarray(nib.load(out / "predictions" / "mni152_lesion_synthesized.nii.gz").dataobj)
+    assert np.corrcoef(synthesized[brain], truth[brain])[0, 1] > 0.5
 
 
 def test_demo_refuses_to_overwrite_and_cli_says_so(demo_run, capsys):

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from monai.data import MetaTensor
 
+from ..scripts.data.bundle_config import BUNDLE_ROOT
 from ..scripts.data.mni152 import mni152_brain
 from ..scripts.data.nifti_io import check_writable, load_volume, save_volume
 from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
@@ -71,6 +73,16 @@ def _figure(image, frames, samples, dt, path: Path) -> None:
     tmp.replace(path)
 
 
+def training_lesion_settings() -> dict:
+    """The random-shape settings of the training recipe's ``RandFluidAnomalyd``, read from ``configs/train.yaml``."""
+    config = yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())
+    return {
+        "percentile_range": config["lesion_percentiles"],
+        "percentile_sampling": config["lesion_percentile_sampling"],
+        "shape_periods": config["lesion_shape_periods"],
+    }
+
+
 def generate_anomalies(
     output_dir: str = "una_anomalies",
     image: str | None = None,
@@ -80,6 +92,7 @@ def generate_anomalies(
     seed: int = 0,
     device: str = "cpu",
     overwrite: bool = False,
+    recipe: bool = True,
     **fluid_kwargs,
 ) -> dict:
     """Draw ``n`` anomalies on a brain image and write, into ``output_dir``, for each ``i``:
@@ -95,8 +108,14 @@ def generate_anomalies(
         seed: random seed (same seed, same anomalies).
         device: torch device, e.g. ``cuda``.
         overwrite: replace existing outputs.
-        fluid_kwargs: parameters of :class:`FluidAnomaly` (e.g. ``diffusion=True``, ``nt_range=[10, 10]``).
+        recipe: start from the training recipe's lesion settings (``configs/train.yaml``: ``lesion_percentiles``,
+            ``lesion_percentile_sampling``, ``lesion_shape_periods``: one blob to many foci, ~0.5-200 mL), else from
+            :class:`FluidAnomaly`'s defaults (the reference's).
+        fluid_kwargs: parameters of :class:`FluidAnomaly` (e.g. ``diffusion=True``, ``nt_range=[10, 10]``); they win
+            over the recipe.
     """
+    if recipe:
+        fluid_kwargs = {**training_lesion_settings(), **fluid_kwargs}
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n}.")
     out = Path(output_dir)
@@ -132,7 +151,11 @@ def generate_anomalies(
         ):
             save_volume(data[0], affine, out / f"anomaly_{i}_{kind}.nii.gz", dtype)
         samples.append((encoded[0].cpu(), mask[0].cpu()))
-        records.append({"index": i, "seconds": round(seconds, 4), "lesion_voxels": int(mask.sum())})
+        voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+        records.append(
+            {"index": i, "seconds": round(seconds, 4), "lesion_voxels": int(mask.sum()),
+             "lesion_ml": round(float(mask.sum()) * voxel_ml, 2)}
+        )
     _figure(volume, [f[0].cpu() for f in frames], samples, anomaly.dt, out / "fluid_anomalies.png")
     summary = {"image": source, "modality": modality, "seed": seed, "parameters": fluid_kwargs, "anomalies": records}
     (out / "anomalies.json").write_text(json.dumps(summary, indent=2))

@@ -8,8 +8,9 @@ identity baseline. Everything goes into one folder:
 
 * ``case/mni152_lesion.nii.gz`` (the input), ``case/mni152_healthy.nii.gz`` (the truth), ``case/lesion.nii.gz``,
   ``case/brain_mask.nii.gz``;
-* ``predictions/mni152_lesion_{healthy,anomaly,anomaly_mask}.nii.gz``, ``..._qc.png`` and ``....json`` (inference);
-* ``metrics.csv``, ``metrics.md``, ``metrics_boxplots.png`` (evaluation).
+* ``predictions/mni152_lesion_{healthy,synthesized,anomaly,anomaly_mask}.nii.gz``, ``..._qc.png`` and ``....json``
+  (inference), and the same for ``mni152_healthy``, the template without a lesion (false positives);
+* ``metrics.csv``, ``metrics.md`` (model beside the identity, per case and per kind), ``metrics_boxplots.png``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,17 @@ CASE_FILES = ("mni152_lesion.nii.gz", "mni152_healthy.nii.gz", "lesion.nii.gz", 
 
 
 def run_demo(
-    output_dir: str = "una_demo", seed: int = 0, device: str = "cpu", checkpoint: str | None = None, overwrite=False
+    output_dir: str = "una_demo",
+    seed: int = 0,
+    device: str = "cpu",
+    checkpoint: str | None = None,
+    overwrite=False,
+    healthy_case: bool = True,
 ) -> str:
     """Build the demo case (MNI152 + one simulated lesion), run UNA on it and score it; returns the metrics table.
+
+    With ``healthy_case`` the template without a lesion is scored too (``mni152_healthy``): its anomaly volume is
+    the false-positive volume on a healthy brain.
 
     Args:
         output_dir: folder for the case, the predictions and the metrics (existing outputs need ``overwrite``).
@@ -41,6 +50,7 @@ def run_demo(
         device: torch device of the network (``cpu``, ``cuda``).
         checkpoint: weights to use instead of the bundle's ``models/model.pt``.
         overwrite: replace the outputs of an earlier run in ``output_dir``.
+        healthy_case: also run and score the lesion-free template.
     """
     out = Path(output_dir)
     case_dir = out / "case"
@@ -59,6 +69,10 @@ def run_demo(
     save_volume(lesion[0], affine, lesion_path, dtype="uint8")
     save_volume(brain, affine, mask_path, dtype="uint8")
     case = {"image": str(image_path), "truth": str(truth_path), "lesion": str(lesion_path), "mask": str(mask_path)}
+    cases = [dict(case, modality="t1", kind="t1_lesion")]
+    if healthy_case:  # the template itself: every anomaly found there is a false positive
+        cases.append({"image": str(truth_path), "truth": str(truth_path), "mask": str(mask_path), "modality": "t1",
+                      "kind": "t1_healthy"})
     inference = {"device": device, **({"checkpoint": checkpoint} if checkpoint else {})}
-    result = run_evaluation([dict(case, modality="t1")], out, overwrite=overwrite, inference=inference)
+    result = run_evaluation(cases, out, overwrite=overwrite, inference=inference)
     return Path(result["files"][1]).read_text()
