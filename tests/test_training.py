@@ -4,6 +4,7 @@ demo data: 32^3 patches, a 2-level U-Net with 8 features, so every run takes sec
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,74 @@ def test_cli_train_passes_arguments_and_maps_user_errors(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--dataset_dir", str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2 and "datalist.json" in capsys.readouterr().err
+
+
+def _bundle_run(demo_3mm, out, flip_cache, *extra):
+    """``python -m monai.bundle run training`` of the tiny CPU profile (arguments after ``extra`` win)."""
+    configs = json.dumps([str(BUNDLE_ROOT / "configs" / name) for name in ("train.yaml", "train_cpu.yaml")])
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", configs]
+    command += ["--logging_file", str(BUNDLE_ROOT / "configs" / "logging.conf"), "--bundle_root", str(BUNDLE_ROOT)]
+    command += ["--dataset_dir", str(demo_3mm.parent), "--output_dir", str(out), "--flip_cache_dir", flip_cache]
+    command += CLI_TINY + ["--val_interval", "1", "--num_threads", "1", *extra]
+    return command, dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT), OMP_NUM_THREADS="1")
+
+
+def test_rerun_of_a_finished_training_is_one_line_and_no_empty_mlflow_run(
+    demo_3mm, flip_cache, tmp_path, restore_threads, capsys
+):
+    mlflow = pytest.importorskip("mlflow")
+    out = tmp_path / "run"
+    tiny = {**TINY, "flip_cache_dir": flip_cache, "epoch_length": 2, "max_epochs": 1}
+    train(demo_3mm.parent, out, profile="cpu", **tiny)
+    command, env = _bundle_run(demo_3mm, out, flip_cache, "--epoch_length", "2", "--max_epochs", "1")
+    result = subprocess.run(command + ["--tracking", "mlflow"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "already finished" in line and str(out / "models" / "model.pt") in line and "--max_epochs" in line, line
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("una_training")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])  # no empty run
+    # the Python API raises it, una-bundle train gives the line with exit code 2
+    with pytest.raises(training_module.TrainingFinishedError, match="max_epochs"):
+        train(demo_3mm.parent, out, profile="cpu", **tiny)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", str(demo_3mm.parent), "--output_dir", str(out), "--profile", "cpu", "--max_epochs", "1",
+                  "--epoch_length", "2", "--overrides", json.dumps({**TINY, "flip_cache_dir": flip_cache})])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("una-bundle: error: training in"), err[-3:]
+
+
+def test_ctrl_c_during_training_says_where_the_checkpoint_is_and_exits_130(demo_3mm, flip_cache, tmp_path):
+    out = tmp_path / "run"
+    command, env = _bundle_run(demo_3mm, out, flip_cache, "--epoch_length", "1000", "--max_epochs", "2")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = []
+    for line in process.stdout:  # the iteration lines of StatsHandler (log_interval 1)
+        log.append(line)
+        if "Iter: 2/1000" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    output = "".join(log) + stdout + stderr
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    checkpoint = out / "models" / "checkpoint_final.pt"
+    assert line.startswith("training interrupted at epoch 1") and str(checkpoint) in line, line
+    assert "run the same command again" in line
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["trainer"]["iteration"] >= 2
+
+
+def test_cli_maps_ctrl_c_to_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise training_module.TrainingInterrupted("training interrupted at epoch 1: the latest checkpoint is X")
+
+    monkeypatch.setattr(training_module, "train", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--dataset_dir", "data"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 130 and err == ["una-bundle: training interrupted at epoch 1: the latest checkpoint is X"]
 
 
 # --- checkpoints: atomic saves, damaged files skipped on resume, n_saved across a resume -----------------------------

@@ -2,7 +2,7 @@
 ``una-bundle COMMAND --help`` describes each flag with its default (printed, no pager).
 
 User errors (missing or unreadable files, outputs that exist, bad parameters, unknown flags) end with a one-line
-message on stderr and exit code 2 instead of a traceback. Flags are checked against the command's arguments before
+message on stderr and exit code 2 instead of a traceback, Ctrl-C with one line and exit code 130. Flags are checked against the command's arguments before
 anything runs (python-fire alone would run the command, then complain about a misspelt flag). Help and the flag
 check read the commands' signatures and docstrings from their source (``ast``), so they import neither torch nor
 MONAI and answer at once; a command's module is imported only to run it.
@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as err:
         print(f"una-bundle: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (training says where its checkpoint is), no traceback
+        print(f"una-bundle: {err or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

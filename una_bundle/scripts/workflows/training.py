@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,9 @@ __all__ = [
     "brain_metric_inputs",
     "anomaly_dice_inputs",
     "is_rank0",
+    "TrainingFinishedError",
+    "TrainingInterrupted",
+    "run_training",
     "training_workflow",
     "train",
 ]
@@ -329,6 +333,74 @@ def anomaly_dice_inputs(output: Sequence[Mapping], threshold: float = 0.5) -> tu
     return preds, ys
 
 
+# --- the ``training`` id: a run that has nothing left to do, Ctrl-C ----------------------------------------------------
+
+
+class TrainingFinishedError(FileExistsError):
+    """The run in ``output_dir`` already reached ``max_epochs``: there is nothing to train (see :func:`run_training`)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the newest checkpoint is and how to resume."""
+
+
+def _saved_progress(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(iteration, epoch_length)`` of the trainer state in checkpoint ``path`` (memory-mapped: the tensors are not
+    read), or None when it holds none."""
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    state = saved.get("trainer") if isinstance(saved, Mapping) else None
+    if not isinstance(state, Mapping) or not state.get("epoch_length"):
+        return None
+    return int(state["iteration"]), int(state["epoch_length"])
+
+
+def run_training(trainer, resume_from: str | None = None, ckpt_dir: str | None = None, exit_on_error: bool = True):
+    """The bundle's ``training`` id: ``trainer.run()``, with one line instead of a traceback when there is nothing to
+    do or on Ctrl-C.
+
+    * The checkpoint to resume from (``resume_from``) already reached the configured ``max_epochs``: nothing runs (no
+      MLflow run is created); the line says where the model is and how to train longer.
+    * Ctrl-C (``KeyboardInterrupt``): the trainer saves ``checkpoint_final.pt`` as it stops; the line names the newest
+      checkpoint in ``ckpt_dir`` and says to run the same command again to resume from it.
+
+    With ``exit_on_error`` (``python -m monai.bundle run``, config id ``exit_on_error``) the line goes to stderr and the
+    process exits with code 2 (finished) or 130 (Ctrl-C); otherwise (the Python API, ``una-bundle train``)
+    :class:`TrainingFinishedError` / :class:`TrainingInterrupted` carry it.
+    """
+    max_epochs = int(trainer.state.max_epochs or 0)
+    progress = _saved_progress(resume_from) if resume_from is not None else None
+    if progress is not None and progress[0] >= max_epochs * progress[1]:
+        folder = Path(ckpt_dir) if ckpt_dir is not None else Path(resume_from).parent
+        epoch = progress[0] // progress[1]
+        message = (
+            f"training in {folder.parent} has already finished (epoch {epoch} of max_epochs {max_epochs}; "
+            f"model: {folder / 'model.pt'}, checkpoint: {resume_from}): to train longer raise --max_epochs, "
+            f"to start afresh pass --resume false or a new --output_dir"
+        )
+        if exit_on_error:
+            if is_rank0():
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+        raise TrainingFinishedError(message)
+    try:
+        return trainer.run()
+    except KeyboardInterrupt as err:
+        from .checkpoints import latest_checkpoint
+
+        latest = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+        where = f"the latest checkpoint is {latest}" if latest else f"no checkpoint was saved in {ckpt_dir}"
+        state = trainer.state
+        message = (
+            f"training interrupted at epoch {state.epoch}, iteration {state.iteration}: {where}; "
+            f"run the same command again to resume{' from it' if latest else ''}"
+        )
+        if exit_on_error:
+            if is_rank0():
+                print(message, file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        raise TrainingInterrupted(message) from err
+
+
 # --- running the bundle from Python -----------------------------------------------------------------------------------
 
 
@@ -362,7 +434,7 @@ def training_workflow(
     for section in ("training", "validation"):  # one line naming the key or file now, not a traceback from the config
         load_datalist(datalist, section, require_subjects=True)
     root = make_scripts_importable(bundle_root)
-    settings = dict(overrides)
+    settings = {"exit_on_error": False, **overrides}  # errors and Ctrl-C raise (see run_training)
     settings.update(
         bundle_root=str(root), dataset_dir=str(Path(dataset_dir).resolve()), output_dir=str(Path(output_dir).resolve())
     )
@@ -387,6 +459,12 @@ def train(
     """Train: build :func:`training_workflow` with these arguments, run and finalise it; returns the output folder
     (``models/model.pt`` is the best validation model, ``models/checkpoint_*.pt`` the resume checkpoints)."""
     workflow = training_workflow(dataset_dir, output_dir, profile, tracking, bundle_root, **overrides)
-    workflow.run()
+    try:
+        workflow.run()
+    except RuntimeError as err:  # the config's expression wraps the error: raise the run's own
+        cause = err.__cause__  # of the config's copy of this module, scripts.workflows.training (by name)
+        if isinstance(cause, FileExistsError) and type(cause).__name__ == TrainingFinishedError.__name__:
+            raise TrainingFinishedError(str(cause)) from None
+        raise
     workflow.finalize()
     return str(Path(output_dir).resolve())
