@@ -103,6 +103,28 @@ def test_evaluate_writes_csv_markdown_and_boxplots(cube_brain, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_evaluation_with_inference_shows_progress_on_a_terminal(cube_brain, tmp_path, monkeypatch):
+    """What una-bundle demo runs: the inference lines (cases done, time left) reach a terminal (issue 11, item 18)."""
+    import io
+    import sys
+
+    from test_inference import _Terminal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cases_file, _ = _make_cases(data, cube_brain, n=2)
+    settings = {"checkpoint": conv_checkpoint(tmp_path / "copy.pt", (1.0, 0.0)), "spacing": [1.0, 1.0, 1.0]}
+    settings.update(roi_size=[16, 16, 16], overrides={"network_def": CONV}, qc=False)
+    for stream, out in ((_Terminal(), tmp_path / "tty"), (io.StringIO(), tmp_path / "pipe")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        run_evaluation(str(cases_file), out, inference=settings)
+        monkeypatch.undo()
+        lines = stream.getvalue().splitlines()
+        progress = [line for line in lines if line.startswith("[")]
+        expected = ["[1/2] s0", "[2/2] s1"] if isinstance(stream, _Terminal) else []
+        assert [line.split("_")[0].split(".")[0] for line in progress] == expected, lines
+
+
 def test_evaluate_runs_inference_when_no_predictions_are_given(cube_brain, tmp_path):
     """A network that copies its input: the predictions land in ``output_dir/predictions`` and are what is scored."""
     data = tmp_path / "data"

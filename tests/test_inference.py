@@ -4,6 +4,7 @@ Small synthetic brains (an ellipsoid phantom with three tissue classes, 2.5-3 mm
 the whole file well under a minute on 2 CPU cores.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -474,9 +475,35 @@ def test_failed_case_leaves_nothing_and_earlier_cases_stay_complete(tmp_path, un
     monkeypatch.setattr(inference, "qc_figure", failing_figure)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
-        run_inference(folder, out, checkpoint=unanet_ckpt, **FAST)
+        run_inference(folder, out, checkpoint=unanet_ckpt, quiet=False, **FAST)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"a{s}" for s in OUTPUTS)  # no b files, no temporaries
     assert "[1/2] a.nii.gz" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_folder_progress_on_a_terminal_only(tmp_path, unanet_ckpt, monkeypatch):
+    """Item 18: a line when the model is ready and per case (cases done, time, time left) on a terminal, none on a
+    pipe or file (quiet=None, the default of una-bundle infer and of the demo)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, lesion in (("a", (28, 17, 11)), ("b", (14, 30, 6))):
+        image, affine, _ = phantom(lesion_voxel=lesion)
+        save(folder / f"{name}.nii.gz", image, affine)
+    for stream, out in ((_Terminal(), tmp_path / "tty"), (io.StringIO(), tmp_path / "pipe")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        run_inference(folder, out, checkpoint=unanet_ckpt, qc=False, **FAST)
+        monkeypatch.undo()
+        lines = stream.getvalue().splitlines()
+        if isinstance(stream, _Terminal):
+            assert lines[0].startswith(f"2 case(s) into {out} (model ready in"), lines
+            assert lines[1].startswith("[1/2] a.nii.gz: ") and " left -> " in lines[1], lines
+            assert lines[2].startswith("[2/2] b.nii.gz: ") and "left" not in lines[2] and len(lines) == 3, lines
+        else:
+            assert lines == [], lines
 
 
 # --- one definition: the CLI function and `python -m monai.bundle run` agree ------------------------------------------

@@ -323,6 +323,35 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is_and_exits_130(demo_
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["trainer"]["iteration"] >= 2
 
 
+def test_epoch_timer_shows_progress_within_an_epoch_on_a_terminal_only(monkeypatch, caplog):
+    import io
+    import logging
+
+    from ignite.engine import Engine
+
+    from una_bundle.scripts.workflows.tracking import EpochTimer
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    lines = {}
+    for name, stream in (("tty", Terminal()), ("pipe", io.StringIO())):
+        engine = Engine(lambda engine, batch: [{"loss": torch.tensor(0.5)}])
+        EpochTimer(every_s=0).attach(engine)
+        monkeypatch.setattr(sys, "stderr", stream)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="una.training"):
+            engine.run([0, 1, 2], max_epochs=2)
+        monkeypatch.undo()
+        lines[name] = [r.getMessage() for r in caplog.records if r.name == "una.training"]
+    within = [line for line in lines["tty"] if " done: " not in line]
+    assert [line.split(",")[0] for line in within] == [f"epoch {e}/2: iteration {i}/6" for e, i in
+                                                       ((1, 1), (1, 2), (2, 4), (2, 5))], lines["tty"]
+    assert "loss 0.5000" in within[0] and "min left" in within[0]
+    assert len(lines["pipe"]) == 2 and all(" done: " in line for line in lines["pipe"])  # per epoch only
+
+
 def test_cli_maps_ctrl_c_to_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise training_module.TrainingInterrupted("training interrupted at epoch 1: the latest checkpoint is X")

@@ -269,6 +269,23 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
     return report
 
 
+def show_progress(quiet: bool | None) -> bool:
+    """Whether to print progress lines on stderr: not ``quiet``; ``None``: only when stderr is a terminal."""
+    if quiet is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return not quiet
+
+
+def duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 05 s"`` or ``"2 h 07 min"``."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def run_inference(
     image,
     output_dir: str | Path,
@@ -285,7 +302,7 @@ def run_inference(
     features: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     qc: bool = True,
-    quiet: bool = False,
+    quiet: bool | None = None,
 ) -> list[dict]:
     """Run UNA on one or more scans; returns one report dict per case (also written as ``NAME.json``).
 
@@ -305,7 +322,8 @@ def run_inference(
         levels, features: UNANet's depth and first-level feature count; must match the checkpoint (config ids).
         overrides: further config ids and values (e.g. ``{"network_def": {...}}``).
         qc: write the ``NAME_qc.png`` figure.
-        quiet: no progress line per case (stderr).
+        quiet: no progress lines on stderr (cases done, time per case, time left); ``False`` (``--noquiet``):
+            always; ``None``: only when stderr is a terminal.
     """
     setup_start = time.perf_counter()
     if str(modality).lower() not in MODALITIES:
@@ -357,7 +375,12 @@ def run_inference(
         }
 
         context["setup_s"] = round(time.perf_counter() - setup_start - sum(c.check_s for c in cases), 3)
+        progress = show_progress(quiet)
+        if progress:
+            print(f"{len(cases)} case(s) into {output_dir} (model ready in {context['setup_s']:.1f} s)",
+                  file=sys.stderr, flush=True)
         reports = []
+        cases_start = time.perf_counter()
         for i, case in enumerate(cases, 1):
             try:
                 report = _process_case(case, parts, context, kinds)
@@ -370,11 +393,13 @@ def run_inference(
             reports.append(report)
             for warning in report["warnings"]:
                 print(f"una-bundle: warning: {case.image}: {warning}", file=sys.stderr, flush=True)
-            if not quiet:
+            if progress:
                 volume, seconds = report["anomaly_volume_ml"], report["timings_s"]["total"]
+                left = (time.perf_counter() - cases_start) / i * (len(cases) - i)
                 print(
                     f"[{i}/{len(cases)}] {case.image.name}: {report['modality']}, anomaly {volume:.1f} mL, "
-                    f"{seconds:.1f} s -> {case.outputs['report']}",
+                    f"{seconds:.1f} s{f', about {duration(left)} left' if i < len(cases) else ''} "
+                    f"-> {case.outputs['report']}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -398,7 +423,7 @@ def infer(
     levels: int | None = None,
     features: int | None = None,
     qc: bool = True,
-    quiet: bool = False,
+    quiet: bool | None = None,
 ) -> list[str]:
     """Reconstruct the healthy T1w and the anomaly map of each scan (file, folder or list); returns the JSON reports.
 

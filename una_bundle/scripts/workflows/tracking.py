@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -198,24 +199,58 @@ class ValidationQCHandler:
 class EpochTimer:
     """Log a progress line per epoch: iterations done, seconds per iteration, learning rate and the time left.
 
+    Within an epoch, when stderr is a terminal, a shorter line (epoch, iteration, loss, time left) every
+    ``every_s`` seconds, so a long epoch is not silent (a log file gets the per-epoch lines only).
+
     Args:
         name: logger name.
+        every_s: seconds between the lines within an epoch (None: none).
     """
 
-    def __init__(self, name: str = "una.training") -> None:
+    def __init__(self, name: str = "una.training", every_s: float | None = 60.0) -> None:
         self.logger = logging.getLogger(name)
+        self.every_s = every_s
         self._start: float | None = None
         self._start_iteration = 0
+        self._last_line = 0.0
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        if self.every_s is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
 
     def epoch_started(self, engine) -> None:
         self._start = time.perf_counter()
         self._start_iteration = engine.state.iteration
+        self._last_line = self._start
+
+    def _seconds_left(self, engine) -> tuple[float, float, int]:
+        """``(seconds per iteration this epoch, seconds left, total iterations)``."""
+        state = engine.state
+        seconds = (time.perf_counter() - self._start) / max(state.iteration - self._start_iteration, 1)
+        total = (state.max_epochs or 0) * (state.epoch_length or 0)
+        return seconds, max(total - state.iteration, 0) * seconds, total
+
+    def iteration_completed(self, engine) -> None:
+        now = time.perf_counter()
+        state = engine.state
+        if self._start is None or now - self._last_line < self.every_s or not is_rank0():
+            return
+        if state.epoch_length and state.iteration % state.epoch_length == 0:  # the epoch's own line follows
+            return
+        if not getattr(sys.stderr, "isatty", lambda: False)():
+            return
+        self._last_line = now
+        seconds, left, total = self._seconds_left(engine)
+        loss = loss_terms(state.output).get("loss", float("nan")) if state.output is not None else float("nan")
+        hours, rest = divmod(int(left), 3600)
+        self.logger.info(
+            f"epoch {state.epoch}/{state.max_epochs}: iteration {state.iteration}/{total}, loss {loss:.4f}, "
+            f"{seconds:.2f} s/iteration, about {hours} h {rest // 60:02d} min left (training only)"
+        )
 
     def epoch_completed(self, engine) -> None:
         if self._start is None or not is_rank0():
