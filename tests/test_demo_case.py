@@ -54,3 +54,35 @@ def test_demo_refuses_to_overwrite_and_cli_says_so(demo_run, capsys):
         main(["demo", "--output_dir", str(out)])
     assert exited.value.code == 2
     assert "output exists" in capsys.readouterr().err and (out / "metrics.md").read_bytes() == before
+
+
+def test_demo_shows_progress_on_a_terminal_only(tmp_path, monkeypatch):
+    """Issue 11, item 18: the demo says what it is doing (the inference lines follow), silent on a pipe."""
+    import io
+    import sys
+
+    from una_bundle.tools import demo_case
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    calls = []
+
+    def fake_evaluation(cases, out, overwrite=False, inference=None):  # the scoring is tested above
+        calls.append(inference)
+        (out / "metrics.md").write_text("table")
+        return {"files": [str(out / "metrics.csv"), str(out / "metrics.md")]}
+
+    monkeypatch.setattr(demo_case, "run_evaluation", fake_evaluation)
+    for stream, out in ((Terminal(), tmp_path / "tty"), (io.StringIO(), tmp_path / "pipe")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert run_demo(str(out), seed=0, healthy_case=False) == "table"
+        monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+        lines = stream.getvalue().splitlines()
+        if isinstance(stream, Terminal):
+            assert [line.split(" ")[1] for line in lines] == ["simulating", "case"], lines
+            assert "UNA on 1 case(s)" in lines[1]
+        else:
+            assert lines == []
+    assert [c["quiet"] for c in calls] == [None, None]  # the inference decides the same way (terminal or not)

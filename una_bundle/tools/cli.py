@@ -25,7 +25,9 @@ import fire
 USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, ValueError)
 
 
-def demo(output_dir: str = "una_demo", seed: int = 0, device: str = "cpu", overwrite: bool = False) -> str:
+def demo(
+    output_dir: str = "una_demo", seed: int = 0, device: str = "cpu", overwrite: bool = False, quiet: bool | None = None
+) -> str:
     """The bundle's main job on its embedded data: the MNI152 template with a simulated lesion, reconstructed by the
     shipped model, anomaly map and QC figure written, scored against the truth (prints the metrics table).
 
@@ -34,10 +36,11 @@ def demo(output_dir: str = "una_demo", seed: int = 0, device: str = "cpu", overw
         seed: random seed of the simulated lesion.
         device: torch device of the network, e.g. ``cuda``.
         overwrite: replace the outputs of an earlier run.
+        quiet: no progress lines on stderr; ``--noquiet``: always; default: only when stderr is a terminal.
     """
     from .demo_case import run_demo
 
-    return run_demo(output_dir=output_dir, seed=seed, device=device, overwrite=overwrite)
+    return run_demo(output_dir=output_dir, seed=seed, device=device, overwrite=overwrite, quiet=quiet)
 
 
 def prepare_demo_data(

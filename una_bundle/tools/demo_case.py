@@ -15,6 +15,8 @@ identity baseline. Everything goes into one folder:
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ from ..scripts.data.nifti_io import check_writable, save_volume
 from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
 from ..scripts.generator.fluid_anomaly import FluidAnomaly
 from ..scripts.workflows.evaluation import run_evaluation
+from ..scripts.workflows.inference import show_progress
 
 __all__ = ["run_demo"]
 
@@ -38,6 +41,7 @@ def run_demo(
     checkpoint: str | None = None,
     overwrite=False,
     healthy_case: bool = True,
+    quiet: bool | None = None,
 ) -> str:
     """Build the demo case (MNI152 + one simulated lesion), run UNA on it and score it; returns the metrics table.
 
@@ -51,12 +55,17 @@ def run_demo(
         checkpoint: weights to use instead of the bundle's ``models/model.pt``.
         overwrite: replace the outputs of an earlier run in ``output_dir``.
         healthy_case: also run and score the lesion-free template.
+        quiet: no progress lines on stderr (``False``: always; ``None``: only when stderr is a terminal).
     """
     out = Path(output_dir)
     case_dir = out / "case"
     image_path, truth_path, lesion_path, mask_path = (case_dir / name for name in CASE_FILES)
     check_writable([image_path, truth_path, lesion_path, mask_path], overwrite)
 
+    progress, start = show_progress(quiet), time.perf_counter()
+    if progress:
+        print(f"demo: simulating a lesion on the MNI152 template (seed {seed}) into {case_dir}", file=sys.stderr,
+              flush=True)
     volume, brain, affine = mni152_brain()
     template = MetaTensor(volume[None] * brain[None], affine=torch.as_tensor(affine))
     probability, lesion = FluidAnomaly().set_random_state(seed)(template, brain[None])
@@ -73,6 +82,9 @@ def run_demo(
     if healthy_case:  # the template itself: every anomaly found there is a false positive
         cases.append({"image": str(truth_path), "truth": str(truth_path), "mask": str(mask_path), "modality": "t1",
                       "kind": "t1_healthy"})
-    inference = {"device": device, **({"checkpoint": checkpoint} if checkpoint else {})}
+    if progress:
+        print(f"demo: case ready ({time.perf_counter() - start:.1f} s); UNA on {len(cases)} case(s), then scoring",
+              file=sys.stderr, flush=True)
+    inference = {"device": device, "quiet": quiet, **({"checkpoint": checkpoint} if checkpoint else {})}
     result = run_evaluation(cases, out, overwrite=overwrite, inference=inference)
     return Path(result["files"][1]).read_text()
