@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scipy import ndimage as ndi
+
 from una_bundle.scripts.data.nifti_io import load_volume
-from una_bundle.scripts.scoring.anomaly_scoring import anomaly_mask
-from una_bundle.scripts.scoring.metrics import dice
-from una_bundle.scripts.workflows.evaluation import anomaly_volumes, load_cases
+from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases
 from una_bundle.scripts.workflows.inference import run_inference
 
-DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-DEFAULT_SEEDS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_SEEDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
 def predict(cases: list[dict], folder: Path, checkpoint: str | None, overwrite: bool) -> None:
@@ -57,29 +57,56 @@ def predict(cases: list[dict], folder: Path, checkpoint: str | None, overwrite: 
             )
 
 
+def _components(amap, threshold: float, brain, min_voxels: int):
+    """Connected components (26-connectivity) of ``map > threshold`` in the brain, as ``anomaly_mask`` finds them:
+    ``(labels, sizes, peaks)``, components below ``min_voxels`` already given size 0."""
+    mask = (amap > threshold) & brain
+    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[sizes < max(min_voxels, 1)] = 0
+    sizes[0] = 0
+    peaks = np.asarray(ndi.maximum(amap, labels, index=np.arange(n + 1))) if n else np.zeros(1)
+    return labels, sizes, peaks
+
+
 def sweep(cases: list[dict], folder: Path, thresholds, min_lesion_mm3: float, seeds=()) -> list[dict]:
     """One row per (threshold, seed): mean Dice (all lesion cases and per kind), mean false positives (healthy,
-    lesion cases); seed ``None`` is the plain threshold, seeds at or below the threshold are skipped."""
-    loaded = []
+    lesion cases); seed ``None`` is the plain threshold, seeds at or below the threshold are skipped. The masks are
+    those of ``anomaly_mask(map, threshold, min_voxels, brain, seed)``, counted per connected component so that each
+    threshold is labelled once for all its seeds (``tests``-checked equality with ``anomaly_mask``)."""
+    settings = [(t, None) for t in thresholds] + [(t, s) for t in thresholds for s in seeds if s > t]
+    found: dict[tuple, dict[str, list[float]]] = {k: {} for k in settings}
+    fps: dict[tuple, tuple[list[float], list[float]]] = {k: ([], []) for k in settings}
     for case in cases:
         amap, affine = load_volume(folder / f"{case['name']}_anomaly.nii.gz", f"case {case['name']}: anomaly map")
-        brain, _ = load_volume(case["mask"], f"case {case['name']}: mask")
-        lesion = load_volume(case["lesion"], f"case {case['name']}: lesion")[0] > 0 if case.get("lesion") else None
-        voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine)[:3, :3])))
-        loaded.append((case, amap, brain > 0, lesion, affine, int(np.ceil(min_lesion_mm3 / voxel_mm3 - 1e-6))))
+        amap = np.asarray(amap, dtype=np.float32)
+        brain = np.asarray(load_volume(case["mask"], f"case {case['name']}: mask")[0]) > 0
+        lesion = None
+        if case.get("lesion"):
+            lesion = np.asarray(load_volume(case["lesion"], f"case {case['name']}: lesion")[0]) > 0
+        voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
+        min_voxels = int(np.ceil(min_lesion_mm3 / (voxel_ml * 1000.0) - 1e-6))
+        near = ndi.binary_dilation(lesion, structure=_ball(FP_MARGIN_VOXELS)) if lesion is not None else None
+        for threshold in thresholds:
+            labels, sizes, peaks = _components(amap, threshold, brain, min_voxels)
+            inside = np.bincount(labels[lesion], minlength=len(sizes)) if lesion is not None else None
+            outside = np.bincount(labels[~near], minlength=len(sizes)) if near is not None else sizes
+            for seed in [None] + [s for s in seeds if s > threshold]:
+                keep = sizes > 0
+                if seed is not None:
+                    keep &= peaks > seed
+                fp = float(outside[keep].sum()) * voxel_ml
+                if lesion is None:
+                    fps[(threshold, seed)][0].append(fp)
+                else:
+                    fps[(threshold, seed)][1].append(fp)
+                    total = float(sizes[keep].sum()) + float(lesion.sum())
+                    dice = 2.0 * float(inside[keep].sum()) / total if total > 0 else 1.0
+                    found[(threshold, seed)].setdefault(case.get("kind", "all"), []).append(dice)
     rows = []
-    settings = [(t, None) for t in thresholds] + [(t, s) for t in thresholds for s in seeds if s > t]
     for threshold, seed in settings:
-        dices: dict[str, list[float]] = {}
-        fp_healthy, fp_lesion = [], []
-        for case, amap, brain, lesion, affine, min_voxels in loaded:
-            mask = anomaly_mask(amap, threshold, min_voxels, brain, seed)
-            _, fp = anomaly_volumes(mask, lesion, affine)
-            if lesion is None:
-                fp_healthy.append(fp)
-            else:
-                fp_lesion.append(fp)
-                dices.setdefault(case.get("kind", "all"), []).append(float(dice(mask, lesion)))
+        dices = found[(threshold, seed)]
+        fp_healthy, fp_lesion = fps[(threshold, seed)]
         row = {"threshold": float(threshold), "seed": seed}
         row["dice"] = float(np.mean([d for v in dices.values() for d in v])) if dices else float("nan")
         row.update({f"dice_{kind}": float(np.mean(v)) for kind, v in dices.items()})

@@ -122,10 +122,10 @@ def test_verify_net_in_out(bundle_on_path):
 
 # --- weights, TorchScript, large_files.yml -------------------------------------------------------------------------
 def test_shipped_checkpoint_fits_the_config_and_gives_finite_outputs():
-    assert CKPT.stat().st_size < 20 * 2**20, "models/model.pt is meant to be committed (<= 20 MB)"
+    assert CKPT.stat().st_size < 25 * 2**20, "models/model.pt is committed: the model zoo's limit is 25 MB a file"
     with torch.no_grad():
         out = _eager_network()(_input())
-    assert out.shape == (1, 1, 16, 16, 16) and out.dtype == torch.float32
+    assert out.shape == (1, 2, 32, 32, 32) and out.dtype == torch.float32  # healthy T1w, anomaly logit
     assert torch.isfinite(out).all()
 
 
