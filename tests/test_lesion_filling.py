@@ -39,8 +39,14 @@ def test_soft_probability_blends_linearly():
     half[:, :, :12] = 0.0  # healthy voxels, where the synthesis equals the input: gain 1, offset 0
     inside = half > 0
     synthesized = torch.where(inside, torch.full_like(image, 0.2), image)
-    filled = fill_anomaly(image, synthesized, half, brain, rim_voxels=0)
+    filled = fill_anomaly(image, synthesized, half, brain, rim_voxels=0, floor=0.0)
     assert torch.allclose(filled[inside], (0.5 * image + 0.5 * 0.2)[inside], atol=1e-4)
+    # with the default floor (0.5) a probability of 0.5 is haze: the input is kept; 0.75 blends half
+    assert torch.allclose(fill_anomaly(image, synthesized, half, brain, rim_voxels=0), image.clamp(0, 1))
+    filled = fill_anomaly(image, synthesized, 1.5 * half, brain, rim_voxels=0)
+    assert torch.allclose(filled[inside], (0.5 * image + 0.5 * 0.2)[inside], atol=1e-4)
+    with pytest.raises(ValueError, match="floor"):
+        fill_anomaly(image, synthesized, half, brain, floor=1.0)
 
 
 def test_t1_likeness_by_correlation():
