@@ -198,7 +198,9 @@ def test_auto_modality_and_normalisation():
     d = t({"image": MetaTensor(torch.as_tensor(image)[None] + 500.0), "mask": mask})
     assert d["modality"] == "mr" and float(d["image"].max()) == 1.0
     assert float(d["image"][mask == 0].abs().max()) == 0.0  # zero outside the given mask
-    assert float(d["image"][mask > 0].min()) == 0.0  # percentile 0 taken inside the mask (500 + 30), not outside
+    # percentile 0 means min(0, minimum), as training scales volumes with a zero background: intensities keep their
+    # ratios (530 / about 600-680), the darkest brain voxel is not stretched to 0
+    assert 0.75 < float(d["image"][mask > 0].min()) < 0.9
 
 
 # --- bad inputs: a specific error, naming the file, and nothing written -----------------------------------------------

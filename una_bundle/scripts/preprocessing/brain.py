@@ -49,7 +49,8 @@ def normalize_brain_intensity(
     """Scale ``image`` to [0, 1] (clipped); same shape, type and metadata.
 
     MR (any modality but ``"ct"``): the ``percentiles`` of the intensities inside ``mask`` (the whole image without
-    one) map to 0 and 1. CT: the Hounsfield ``ct_window`` maps to [0, 1]. With a mask the result is zero outside it.
+    one) map to 0 and 1; a lower percentile of 0 means ``min(0, minimum)``, as in training, where the scaled volumes
+    include their zero background (a brain whose darkest voxel is above 0 is not stretched). CT: the Hounsfield ``ct_window`` maps to [0, 1]. With a mask the result is zero outside it.
 
     Args:
         image: ``[C, X, Y, Z]`` or ``[X, Y, Z]`` tensor / MetaTensor.
@@ -71,6 +72,8 @@ def normalize_brain_intensity(
         if values.numel() == 0:
             raise ValueError(f"{source_name(image)}: the brain mask is empty on the working grid.")
         lo, hi = (float(v) for v in np.percentile(values.cpu().numpy(), [float(p) for p in percentiles]))
+        if float(percentiles[0]) == 0.0:  # training scales whole volumes whose background is 0: zero stays zero
+            lo = min(lo, 0.0)
     if not hi > lo:
         raise ValueError(f"{source_name(image)}: intensities in the brain are constant ({lo}); cannot normalise.")
     out = ((x - lo) / (hi - lo)).clamp_(0.0, 1.0)
