@@ -72,8 +72,8 @@ def _components(amap, threshold: float, brain, min_voxels: int):
 def sweep(cases: list[dict], folder: Path, thresholds, min_lesion_mm3: float, seeds=()) -> list[dict]:
     """One row per (threshold, seed): mean Dice (all lesion cases and per kind), mean false positives (healthy,
     lesion cases); seed ``None`` is the plain threshold, seeds at or below the threshold are skipped. The masks are
-    those of ``anomaly_mask(map, threshold, min_voxels, brain, seed)``, counted per connected component so that each
-    threshold is labelled once for all its seeds (``tests``-checked equality with ``anomaly_mask``)."""
+    meant to be those of ``anomaly_mask(map, threshold, min_voxels, brain, seed)`` (the same labelling, size and peak
+    rules, restated here so that each threshold is labelled once for all its seeds; no test checks the equality)."""
     settings = [(t, None) for t in thresholds] + [(t, s) for t in thresholds for s in seeds if s > t]
     found: dict[tuple, dict[str, list[float]]] = {k: {} for k in settings}
     fps: dict[tuple, tuple[list[float], list[float]]] = {k: ([], []) for k in settings}
