@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..generator.anomaly_encoding import MODALITY_SIGN
+from .modalities import TRAINING_MODALITIES
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -63,7 +63,7 @@ ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 #: Keys holding one volume on the subject's grid (their shapes must match).
 IMAGE_KEYS = ("label", "t1", "mask", "image", "lesion")
 #: Modalities of real images.
-MODALITIES = tuple(sorted(MODALITY_SIGN))
+MODALITIES = TRAINING_MODALITIES
 _AFFINE_TOLERANCE_MM = 0.01
 
 

@@ -21,12 +21,12 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from ..data.checks import check_probability, check_range
+from ..data.modalities import LESION_SIGN
 from ..data.rng import torch_generator
 
 __all__ = ["RandEncodeAnomaly", "RandEncodeAnomalyd", "MODALITY_SIGN", "lesion_sign"]
 
-#: Lesion intensity direction of real modalities (-1 darker, +1 brighter).
-MODALITY_SIGN = {"T1": -1, "CT": -1, "T2": 1, "FLAIR": 1}
+MODALITY_SIGN = LESION_SIGN  # the lesion direction of real modalities (data.modalities)
 
 
 def lesion_sign(

@@ -16,12 +16,13 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
+from ..data.modalities import INFERENCE_MODALITIES
 from .input_checks import source_name
 
 __all__ = ["detect_modality", "normalize_brain_intensity", "NormalizeBrainIntensityd", "BrainMaskd", "MODALITIES"]
 
 #: accepted ``modality`` values; only ``"ct"`` changes the processing (``"auto"``: see the module docstring)
-MODALITIES = ("auto", "ct", "mr", "t1", "t2", "flair", "pd")
+MODALITIES = INFERENCE_MODALITIES
 CT_AIR_HU = -500.0
 CT_AIR_FRACTION = 1e-3
 
