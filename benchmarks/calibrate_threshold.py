@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from scipy import ndimage as ndi
 
 from una_bundle.scripts.data.nifti_io import load_volume
+from una_bundle.scripts.scoring.anomaly_scoring import anomaly_components, keep_components
 from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases
 from una_bundle.scripts.workflows.inference import run_inference
 
@@ -57,23 +57,11 @@ def predict(cases: list[dict], folder: Path, checkpoint: str | None, overwrite: 
             )
 
 
-def _components(amap, threshold: float, brain, min_voxels: int):
-    """Connected components (26-connectivity) of ``map > threshold`` in the brain, as ``anomaly_mask`` finds them:
-    ``(labels, sizes, peaks)``, components below ``min_voxels`` already given size 0."""
-    mask = (amap > threshold) & brain
-    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[sizes < max(min_voxels, 1)] = 0
-    sizes[0] = 0
-    peaks = np.asarray(ndi.maximum(amap, labels, index=np.arange(n + 1))) if n else np.zeros(1)
-    return labels, sizes, peaks
-
-
 def sweep(cases: list[dict], folder: Path, thresholds, min_lesion_mm3: float, seeds=()) -> list[dict]:
     """One row per (threshold, seed): mean Dice (all lesion cases and per kind), mean false positives (healthy,
     lesion cases); seed ``None`` is the plain threshold, seeds at or below the threshold are skipped. The masks are
     meant to be those of ``anomaly_mask(map, threshold, min_voxels, brain, seed)`` (the same labelling, size and peak
-    rules, restated here so that each threshold is labelled once for all its seeds; no test checks the equality)."""
+    rules: ``anomaly_components`` / ``keep_components``, labelled once per threshold for all its seeds)."""
     settings = [(t, None) for t in thresholds] + [(t, s) for t in thresholds for s in seeds if s > t]
     found: dict[tuple, dict[str, list[float]]] = {k: {} for k in settings}
     fps: dict[tuple, tuple[list[float], list[float]]] = {k: ([], []) for k in settings}
@@ -88,13 +76,11 @@ def sweep(cases: list[dict], folder: Path, thresholds, min_lesion_mm3: float, se
         min_voxels = int(np.ceil(min_lesion_mm3 / (voxel_ml * 1000.0) - 1e-6))
         near = ndi.binary_dilation(lesion, structure=_ball(FP_MARGIN_VOXELS)) if lesion is not None else None
         for threshold in thresholds:
-            labels, sizes, peaks = _components(amap, threshold, brain, min_voxels)
+            labels, sizes, peaks = anomaly_components(amap, threshold, brain)
             inside = np.bincount(labels[lesion], minlength=len(sizes)) if lesion is not None else None
             outside = np.bincount(labels[~near], minlength=len(sizes)) if near is not None else sizes
             for seed in [None] + [s for s in seeds if s > threshold]:
-                keep = sizes > 0
-                if seed is not None:
-                    keep &= peaks > seed
+                keep = keep_components(sizes, peaks, min_voxels, seed)
                 fp = float(outside[keep].sum()) * voxel_ml
                 if lesion is None:
                     fps[(threshold, seed)][0].append(fp)

@@ -38,6 +38,8 @@ __all__ = [
     "anomaly_map",
     "anomaly_threshold",
     "anomaly_mask",
+    "anomaly_components",
+    "keep_components",
     "AnomalyScored",
     "AnomalyMaskd",
     "THRESHOLD_METHODS",
@@ -167,6 +169,31 @@ def anomaly_threshold(anomaly, brain_mask=None, method: str = "fixed", value: fl
     return _otsu(values)
 
 
+def anomaly_components(amap: np.ndarray, threshold: float, brain: np.ndarray | None = None):
+    """The connected components (26-connectivity) of ``amap > threshold`` (inside ``brain``) that
+    :func:`anomaly_mask` keeps or drops: ``(labels, sizes, peaks)``, with ``sizes[i]`` the voxel count and ``peaks[i]``
+    the maximum of ``amap`` of component ``i`` (index 0: the background, size 0). A threshold sweep labels once and
+    applies :func:`keep_components` per rule."""
+    mask = amap > float(threshold)
+    if brain is not None:
+        mask &= brain
+    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    peaks = np.asarray(ndi.maximum(amap, labels, index=np.arange(n + 1))) if n else np.zeros(1)
+    return labels, sizes, peaks
+
+
+def keep_components(sizes: np.ndarray, peaks: np.ndarray, min_component_voxels: int, seed_threshold: float | None):
+    """Which components :func:`anomaly_mask` keeps: at least ``min_component_voxels`` voxels (and one), and a peak
+    above ``seed_threshold`` when given. Boolean per component (the background never)."""
+    keep = sizes >= max(int(min_component_voxels), 1)
+    if seed_threshold is not None:
+        keep &= peaks > float(seed_threshold)
+    keep[0] = False
+    return keep
+
+
 def anomaly_mask(
     anomaly,
     threshold: float,
@@ -200,13 +227,9 @@ def anomaly_mask(
     if brain is not None:
         mask &= brain
     if (min_component_voxels > 1 or seed_threshold is not None) and bool(mask.any()):
-        labels, n = ndi.label(mask.cpu().numpy(), structure=np.ones((3, 3, 3), dtype=bool))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= max(int(min_component_voxels), 1)
-        if seed_threshold is not None:
-            peaks = ndi.maximum(amap.cpu().numpy(), labels, index=np.arange(n + 1))
-            keep &= np.asarray(peaks) > float(seed_threshold)
-        keep[0] = False
+        values = amap.cpu().numpy()
+        labels, sizes, peaks = anomaly_components(values, threshold, None if brain is None else brain.cpu().numpy())
+        keep = keep_components(sizes, peaks, min_component_voxels, seed_threshold)
         mask = torch.from_numpy(keep[labels]).to(amap.device)
     out = mask.to(torch.uint8)
     out = out[None] if torch.as_tensor(anomaly).ndim == 4 else out
