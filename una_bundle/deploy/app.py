@@ -12,7 +12,7 @@ Three operators, wired ``load -> infer -> write``:
 * :class:`LoadNiftiOperator` - the input (a ``.nii``/``.nii.gz`` file or a folder of them) checked and read:
   emits a list of :class:`Case` (name, path, NIfTI header);
 * :class:`UNAInferenceOperator` - :class:`UNADeployModel` on each case: emits ``{name: outputs}``;
-* :class:`WriteNiftiOperator` - writes ``NAME_healthy.nii.gz`` (float32, [0, 1]), ``NAME_anomaly.nii.gz`` (float32,
+* :class:`WriteNiftiOperator` - writes ``NAME_healthy.nii.gz`` (float32, as `infer`), ``NAME_anomaly.nii.gz`` (float32,
   [0, 1]) and ``NAME_anomaly_mask.nii.gz`` (uint8) on the input's own grid (its header and affine).
 
 With the MONAI Deploy App SDK installed (``pip install monai-deploy-app-sdk``)::
@@ -175,7 +175,7 @@ class UNADeployModel:
             return torch.as_tensor(item[key]).detach().cpu().numpy()[0].astype(OUTPUTS[kind])
 
         return {
-            "healthy": arr("pred", "healthy"),
+            "healthy": arr("healthy", "healthy"),
             "anomaly": arr("anomaly", "anomaly"),
             "anomaly_mask": arr("anomaly_mask", "anomaly_mask"),
             "threshold": float(item["anomaly_threshold"]),

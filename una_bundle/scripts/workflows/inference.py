@@ -160,7 +160,7 @@ def _run_case(parts: dict, image: Path, mask: Path | None, device: torch.device)
 
     work = {
         "image": arr(snapshot["image"]),
-        "healthy": arr(snapshot["healthy"]),
+        "healthy": arr(snapshot["pred"]),  # the synthesis: the filled T1w exists on the input's grid only
         "anomaly": arr(snapshot["anomaly"]),
         "brain": arr(snapshot["brain"]) > 0.5,
     }
@@ -170,6 +170,7 @@ def _run_case(parts: dict, image: Path, mask: Path | None, device: torch.device)
         "synthesized": arr(item["pred"]),
         "healthy_kind": str(item["healthy_kind"]),
         "t1_correlation": float(item["t1_correlation"]),
+        "noise_level": float(item["noise_level"]),
         "anomaly": arr(item["anomaly"]),
         "anomaly_mask": arr(item["anomaly_mask"], np.uint8),
         "threshold": threshold,
@@ -227,9 +228,11 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
         "modality": outputs["modality"],
         "modality_rule": rule if context["modality"] == "auto" else "given",
         "healthy": outputs["healthy_kind"],
-        "healthy_rule": "NAME_healthy is the lesion-filled input (input outside the anomaly, intensity-matched "
-        "synthesis inside) for T1w inputs (--modality t1, or auto with input-synthesis correlation >= 0.8), else "
-        "the synthesized T1w (NAME_synthesized, always written)",
+        "healthy_rule": "NAME_healthy is the lesion-filled input (the input in its own intensity units outside the "
+        "anomaly, noise above the noise floor filtered, intensity-matched synthesis inside) for T1w inputs "
+        "(--modality t1, or auto with input-synthesis correlation >= 0.8), else the synthesized T1w in [0, 1] "
+        "(NAME_synthesized, always written)",
+        "noise_level": round(outputs["noise_level"], 4),
         "t1_correlation": round(outputs["t1_correlation"], 4) if np.isfinite(outputs["t1_correlation"]) else None,
         "threshold": outputs["threshold"],
         "seed_threshold": outputs["seed_threshold"],

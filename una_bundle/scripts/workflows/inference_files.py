@@ -246,7 +246,7 @@ def qc_figure(work: dict[str, np.ndarray], spacing: Sequence[float], title: str,
         if cut(mask).any():
             axes[2, col].contour(cut(mask), levels=[0.5], colors="cyan", linewidths=0.6)
         axes[0, col].set_title(label, color="white", fontsize=9)
-    for row, text in enumerate(("input (normalised)", "healthy T1w", "anomaly map, mask outlined")):
+    for row, text in enumerate(("input (normalised)", "synthesized T1w", "anomaly map, mask outlined")):
         ax = axes[row, 0]
         ax.text(
             -0.04, 0.5, text, color="white", fontsize=8, rotation=90, va="center", ha="right", transform=ax.transAxes
