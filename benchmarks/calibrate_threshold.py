@@ -33,28 +33,10 @@ from scipy import ndimage as ndi
 
 from una_bundle.scripts.data.nifti_io import load_volume
 from una_bundle.scripts.scoring.anomaly_scoring import anomaly_components, keep_components
-from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases
-from una_bundle.scripts.workflows.inference import run_inference
+from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases, predict_cases
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_SEEDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
-
-
-def predict(cases: list[dict], folder: Path, checkpoint: str | None, overwrite: bool) -> None:
-    """Inference on every case into ``folder`` (one call per modality, the model loaded once per call)."""
-    for modality in dict.fromkeys(c["modality"] for c in cases):
-        group = [c for c in cases if c["modality"] == modality]
-        todo = [c for c in group if overwrite or not (folder / f"{c['name']}_anomaly.nii.gz").is_file()]
-        if todo:
-            run_inference(
-                [c["image"] for c in todo],
-                folder,
-                modality=modality,
-                mask=[c.get("mask") for c in todo],
-                overwrite=overwrite,
-                qc=False,
-                **({"checkpoint": checkpoint} if checkpoint else {}),
-            )
 
 
 def sweep(cases: list[dict], folder: Path, thresholds, min_lesion_mm3: float, seeds=()) -> list[dict]:
@@ -137,20 +119,26 @@ def main(argv=None) -> int:
     set_dir = Path(args.set_dir)
     manifest = json.loads((set_dir / "heldout.json").read_text()) if (set_dir / "heldout.json").is_file() else {}
     if manifest.get("seed") == 9001:
-        print("calibrate_threshold: error: this is the held-out set (seed 9001); build a calibration set with "
-              "another --seed.", file=sys.stderr)
+        print(
+            "calibrate_threshold: error: this is the held-out set (seed 9001); build a calibration set with "
+            "another --seed.",
+            file=sys.stderr,
+        )
         return 2
     cases = load_cases(set_dir / "cases.json")
     folder = Path(args.output_dir) / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
-    predict(cases, folder, args.checkpoint, args.overwrite)
+    weights = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    predict_cases(cases, folder, args.overwrite, skip_existing=True, qc=False, **weights)
     rows = sweep(cases, folder, args.thresholds, args.min_lesion_mm3, args.seeds)
     best = choose(rows, args.max_fp_ml)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"calibration set: {set_dir} (seed {manifest.get('seed', '?')}, {len(cases)} cases)\n")
     print(table(rows))
-    print(f"chosen threshold: {best['threshold']:.2f}, seed {best['seed']} (mean Dice {best['dice']:.3f}, "
-          f"{best['fp_healthy_ml']:.1f} mL false positives on healthy brains; limit {args.max_fp_ml} mL)")
+    print(
+        f"chosen threshold: {best['threshold']:.2f}, seed {best['seed']} (mean Dice {best['dice']:.3f}, "
+        f"{best['fp_healthy_ml']:.1f} mL false positives on healthy brains; limit {args.max_fp_ml} mL)"
+    )
     (Path(args.output_dir) / "calibration.json").write_text(json.dumps({"rows": rows, "chosen": best}, indent=2))
     return 0
 

@@ -247,12 +247,20 @@ def evaluate_case(case: dict) -> dict:
     return row
 
 
-def _predict(checked: list[dict], folder: Path, overwrite: bool, inference: dict) -> None:
-    """Run inference on every case into ``folder``, one call per modality; adds the prediction paths to the cases."""
+def predict_cases(checked: list[dict], folder: Path, overwrite: bool, skip_existing: bool = False, **inference) -> None:
+    """Run inference on every case into ``folder``, one call per modality (the model loaded once per call); adds the
+    prediction paths to the cases. ``skip_existing``: cases whose outputs are all in ``folder`` are not run again
+    (a calibration sweep re-reads them); ``inference``: keyword arguments of ``run_inference``."""
     from .inference import run_inference
 
-    for modality in dict.fromkeys(c["modality"] for c in checked):
-        group = [c for c in checked if c["modality"] == modality]
+    folder = Path(folder)
+
+    def done(case: dict) -> bool:
+        return all((folder / f"{case['name']}{suffix}").is_file() for suffix in PREDICTION_SUFFIXES.values())
+
+    todo = [c for c in checked if overwrite or not (skip_existing and done(c))]
+    for modality in dict.fromkeys(c["modality"] for c in todo):
+        group = [c for c in todo if c["modality"] == modality]
         masks = [c.get("mask") for c in group]
         run_inference(
             [c["image"] for c in group],
@@ -294,7 +302,7 @@ def run_evaluation(
     checked = load_cases(cases, predictions)  # all inputs checked before anything is written
     check_writable(paths, overwrite)
     if predictions is None:
-        _predict(checked, out / "predictions", overwrite, dict(inference or {}))
+        predict_cases(checked, out / "predictions", overwrite, **dict(inference or {}))
     rows = [evaluate_case(case) for case in checked]
     summary = summarize(rows)
     write_text(csv_text(rows), paths[0])
