@@ -48,6 +48,10 @@ setup(
         "test": [
             "pytest>=7",
             "jsonschema>=4",
+            # code style, checked by tests/test_style.py (pinned: a new release may restyle code)
+            "black==26.10.1",
+            "isort==9.0.2",
+            "flake8==7.5.0",
             "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },

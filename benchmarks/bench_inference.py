@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
-import platform
 import sys
 import tempfile
 import time
@@ -35,18 +35,38 @@ import torch
 
 from una_bundle import BUNDLE_ROOT
 from una_bundle.scripts.model.checkpoint import read_state_dict
-from una_bundle.scripts.workflows.inference import run_inference
 from una_bundle.scripts.model.network import UNANet
-
+from una_bundle.scripts.workflows.inference import run_inference
 
 #: Network and grid per setting; ``None`` values: the inference config's own.
 SETTINGS = {
-    "shipped": {"device": "cpu", "spacing": None, "levels": None, "features": None, "max_features": None,
-                "out_channels": None, "roi_size": None},
-    "v1": {"device": "cpu", "spacing": 2.0, "levels": 4, "features": 16, "max_features": 512, "out_channels": 1,
-           "roi_size": [96, 112, 96]},
-    "cuda": {"device": "cuda", "spacing": 1.0, "levels": 6, "features": 64, "max_features": 512, "out_channels": 2,
-             "roi_size": [160, 160, 160]},
+    "shipped": {
+        "device": "cpu",
+        "spacing": None,
+        "levels": None,
+        "features": None,
+        "max_features": None,
+        "out_channels": None,
+        "roi_size": None,
+    },
+    "v1": {
+        "device": "cpu",
+        "spacing": 2.0,
+        "levels": 4,
+        "features": 16,
+        "max_features": 512,
+        "out_channels": 1,
+        "roi_size": [96, 112, 96],
+    },
+    "cuda": {
+        "device": "cuda",
+        "spacing": 1.0,
+        "levels": 6,
+        "features": 64,
+        "max_features": 512,
+        "out_channels": 2,
+        "roi_size": [160, 160, 160],
+    },
 }
 
 
@@ -65,7 +85,10 @@ def _resolved(net: dict) -> dict:
 def _checkpoint(folder: Path, net: dict) -> tuple[Path, str]:
     """The shipped checkpoint when it fits the network, else random weights saved in ``folder``."""
     network = UNANet(
-        levels=net["levels"], features=net["features"], max_features=net["max_features"], out_channels=net["out_channels"]
+        levels=net["levels"],
+        features=net["features"],
+        max_features=net["max_features"],
+        out_channels=net["out_channels"],
     )
     shipped = BUNDLE_ROOT / "models" / "model.pt"
     if shipped.is_file():
@@ -129,7 +152,9 @@ def _measure(name: str, folder: Path) -> dict:
     report = _run(image, folder / "out", net["device"], net["spacing"], net, ckpt)
     stages = _stages(report)
     stages["peak memory (GiB RSS)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    label = f"{name}: {net['device']}, L{net['levels']} F{net['features']} out {net['out_channels']}, {net['spacing']:g} mm"
+    label = (
+        f"{name}: {net['device']}, L{net['levels']} F{net['features']} out {net['out_channels']}, {net['spacing']:g} mm"
+    )
     note = f"{label}: {weights}; roi {net['roi_size']}; {report['model']['parameters']:,} parameters"
     return {"label": label, "stages": stages, "note": note, "shape": list(template.shape)}
 
@@ -149,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = args.settings or (["shipped", "v1"] + (["cuda"] if torch.cuda.is_available() else []))
     results = []
     for name in settings:
-        command = [sys.executable, __file__, "--child", name] + (["--threads", str(args.threads)] if args.threads else [])
+        command = [sys.executable, __file__, "--child", name] + (
+            ["--threads", str(args.threads)] if args.threads else []
+        )
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"setting {name!r} failed:\n{done.stderr[-3000:]}")

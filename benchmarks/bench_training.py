@@ -33,6 +33,7 @@ import time
 
 import torch
 
+
 def _cpu_recipe() -> dict:
     """The ``cpu`` profile from ``configs/train_cpu.yaml`` (the one source of the shipped weights' recipe)."""
     import yaml
@@ -59,7 +60,15 @@ PROFILES = {
         crop=64, batch=1, levels=4, features=16, max_features=512, out_channels=1, amp=False, device="cpu", threads=1
     ),
     "full": dict(
-        crop=160, batch=1, levels=6, features=64, max_features=512, out_channels=2, amp=True, device="cuda", threads=None
+        crop=160,
+        batch=1,
+        levels=6,
+        features=64,
+        max_features=512,
+        out_channels=2,
+        amp=True,
+        device="cuda",
+        threads=None,
     ),
 }
 

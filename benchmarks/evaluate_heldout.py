@@ -164,7 +164,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    start = time.perf_counter()
     set_dir = Path(args.set_dir)
     try:
         if not (set_dir / "cases.json").is_file():

@@ -40,7 +40,11 @@ def test_sweep_matches_the_masks_inference_makes(tmp_path):
         amap[20:24, 20:23, 5:9] = 0.75  # a moderate blob without a confident core: hysteresis drops it
         name = f"case{k}"
         _write(tmp_path / f"{name}_anomaly.nii.gz", amap, affine)
-        case = {"name": name, "kind": "t1_lesion" if k < 2 else "t1_healthy", "mask": _write(tmp_path / f"{name}_mask.nii.gz", brain, affine)}
+        case = {
+            "name": name,
+            "kind": "t1_lesion" if k < 2 else "t1_healthy",
+            "mask": _write(tmp_path / f"{name}_mask.nii.gz", brain, affine),
+        }
         if k < 2:
             case["lesion"] = _write(tmp_path / f"{name}_lesion.nii.gz", lesion, affine)
         cases.append((case, amap, lesion))
@@ -51,7 +55,9 @@ def test_sweep_matches_the_masks_inference_makes(tmp_path):
     for row in rows:
         dices, fp_healthy, fp_lesion = [], [], []
         for case, amap, lesion in cases:
-            mask = anomaly_mask(torch.from_numpy(amap), row["threshold"], min_voxels, torch.from_numpy(brain), row["seed"])
+            mask = anomaly_mask(
+                torch.from_numpy(amap), row["threshold"], min_voxels, torch.from_numpy(brain), row["seed"]
+            )
             has_lesion = "lesion" in case
             _, fp = anomaly_volumes(mask.numpy(), lesion if has_lesion else None, affine)
             if has_lesion:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_inference import CONV, conv_checkpoint
 
-from una_bundle.tools.cli import main
+from una_bundle.scripts.scoring.metrics import brain_l1
 from una_bundle.scripts.workflows.evaluation import (
     anomaly_volumes,
     evaluate,
@@ -22,8 +22,8 @@ from una_bundle.scripts.workflows.evaluation import (
     normalize_intensity,
     run_evaluation,
 )
-from una_bundle.scripts.scoring.metrics import brain_l1
 from una_bundle.scripts.workflows.evaluation_report import kind_summary
+from una_bundle.tools.cli import main
 
 
 def test_normalize_intensity_divides_by_the_in_brain_percentile(cube_brain):

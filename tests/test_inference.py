@@ -354,7 +354,10 @@ def test_threshold_comes_from_the_config(case, tmp_path, unanet_ckpt):
     path, _ = case
     reports = {}
     difference = {"anomaly_source": "difference"}  # the difference map's threshold (the head has its own)
-    for name, overrides in (("fixed", {**difference, "threshold": 0.2}), ("otsu", {**difference, "threshold_method": "otsu"})):
+    for name, overrides in (
+        ("fixed", {**difference, "threshold": 0.2}),
+        ("otsu", {**difference, "threshold_method": "otsu"}),
+    ):
         run_inference(path, tmp_path / name, checkpoint=unanet_ckpt, overrides=overrides, quiet=True, **FAST)
         reports[name] = json.loads((tmp_path / name / "sub-01.json").read_text())
     assert reports["fixed"]["threshold"] == pytest.approx(0.2)
@@ -666,6 +669,7 @@ def test_check_inputd_rejects_a_degenerate_affine_and_complex_values_naming_the_
     from una_bundle.scripts.preprocessing.input_checks import CheckInputd
 
     image, affine, _ = phantom(shape=(12, 14, 10))
+
     def meta():
         return {"filename_or_obj": "/data/scan.nii.gz"}
 

@@ -67,7 +67,9 @@ def test_t1_likeness_by_correlation():
     inverted, corr = looks_like_t1((1 - image) * brain, truth, lesion, brain)
     assert not inverted and corr < -0.9
     no_brain = torch.zeros_like(brain)
-    assert not looks_like_t1(image, truth, lesion, no_brain)[0] and math.isnan(looks_like_t1(image, truth, lesion, no_brain)[1])
+    assert not looks_like_t1(image, truth, lesion, no_brain)[0] and math.isnan(
+        looks_like_t1(image, truth, lesion, no_brain)[1]
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,13 @@ def test_healthy_kind(setting, modality, t1_like, expected):
 
 def test_dictionary_transform_and_bad_setting():
     image, truth, lesion, brain = _case()
-    data = {"image": torch.stack([image, image.flip(0)]), "pred": truth[None], "anomaly": lesion[None], "brain": brain[None].float(), "modality": "t1"}
+    data = {
+        "image": torch.stack([image, image.flip(0)]),
+        "pred": truth[None],
+        "anomaly": lesion[None],
+        "brain": brain[None].float(),
+        "modality": "t1",
+    }
     out = FillAnomalyd(noise_floor=None)(data)
     assert out["healthy_kind"] == "filled" and out["healthy"].shape == (1, 24, 24, 24)
     assert torch.allclose(out["healthy"][0], fill_anomaly(image, truth, lesion, brain), atol=1e-6)
@@ -131,10 +139,15 @@ def test_excess_noise_is_suppressed_and_a_clean_scan_is_kept():
     noisy = truth + 0.05 * torch.randn(truth.shape, generator=g)
     denoised, level = suppress_excess_noise(noisy, brain)
     assert level > NOISE_FLOOR
-    err = lambda x: float((x - truth)[brain].abs().mean())
-    assert err(denoised) < 0.75 * err(noisy)
+    assert float((denoised - truth)[brain].abs().mean()) < 0.75 * float((noisy - truth)[brain].abs().mean())
     assert torch.equal(denoised[~brain], noisy[~brain])  # only the brain is filtered
     # the transform filters the filled output of a noisy T1w and reports the level
-    data = {"image": noisy[None], "pred": truth[None], "anomaly": torch.zeros_like(truth)[None], "brain": brain[None].float(), "modality": "t1"}
+    data = {
+        "image": noisy[None],
+        "pred": truth[None],
+        "anomaly": torch.zeros_like(truth)[None],
+        "brain": brain[None].float(),
+        "modality": "t1",
+    }
     out = FillAnomalyd()(data)
     assert out["noise_level"] == pytest.approx(level) and torch.allclose(out["healthy"][0], denoised, atol=1e-5)

@@ -296,8 +296,22 @@ def test_rerun_of_a_finished_training_is_one_line_and_no_empty_mlflow_run(
     with pytest.raises(training_module.TrainingFinishedError, match="max_epochs"):
         train(demo_3mm.parent, out, profile="cpu", **tiny)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", str(demo_3mm.parent), "--output_dir", str(out), "--profile", "cpu", "--max_epochs", "1",
-                  "--epoch_length", "2", "--overrides", json.dumps({**TINY, "flip_cache_dir": flip_cache})])
+        cli.main(
+            [
+                "train",
+                str(demo_3mm.parent),
+                "--output_dir",
+                str(out),
+                "--profile",
+                "cpu",
+                "--max_epochs",
+                "1",
+                "--epoch_length",
+                "2",
+                "--overrides",
+                json.dumps({**TINY, "flip_cache_dir": flip_cache}),
+            ]
+        )
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("una-bundle: error: training in"), err[-3:]
 
@@ -346,8 +360,9 @@ def test_epoch_timer_shows_progress_within_an_epoch_on_a_terminal_only(monkeypat
         monkeypatch.undo()
         lines[name] = [r.getMessage() for r in caplog.records if r.name == "una.training"]
     within = [line for line in lines["tty"] if " done: " not in line]
-    assert [line.split(",")[0] for line in within] == [f"epoch {e}/2: iteration {i}/6" for e, i in
-                                                       ((1, 1), (1, 2), (2, 4), (2, 5))], lines["tty"]
+    assert [line.split(",")[0] for line in within] == [
+        f"epoch {e}/2: iteration {i}/6" for e, i in ((1, 1), (1, 2), (2, 4), (2, 5))
+    ], lines["tty"]
     assert "loss 0.5000" in within[0] and "min left" in within[0]
     assert len(lines["pipe"]) == 2 and all(" done: " in line for line in lines["pipe"])  # per epoch only
 
@@ -360,7 +375,9 @@ def test_cli_maps_ctrl_c_to_one_line_and_exit_130(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--dataset_dir", "data"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 130 and err == ["una-bundle: training interrupted at epoch 1: the latest checkpoint is X"]
+    assert exit_info.value.code == 130 and err == [
+        "una-bundle: training interrupted at epoch 1: the latest checkpoint is X"
+    ]
 
 
 # --- checkpoints: atomic saves, damaged files skipped on resume, n_saved across a resume -----------------------------

@@ -63,6 +63,7 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
+
 __all__ = [
     "perlin_noise",
     "random_flow",

@@ -153,8 +153,12 @@ def generate_anomalies(
         samples.append((encoded[0].cpu(), mask[0].cpu()))
         voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
         records.append(
-            {"index": i, "seconds": round(seconds, 4), "lesion_voxels": int(mask.sum()),
-             "lesion_ml": round(float(mask.sum()) * voxel_ml, 2)}
+            {
+                "index": i,
+                "seconds": round(seconds, 4),
+                "lesion_voxels": int(mask.sum()),
+                "lesion_ml": round(float(mask.sum()) * voxel_ml, 2),
+            }
         )
     _figure(volume, [f[0].cpu() for f in frames], samples, anomaly.dt, out / "fluid_anomalies.png")
     summary = {"image": source, "modality": modality, "seed": seed, "parameters": fluid_kwargs, "anomalies": records}

@@ -2,10 +2,10 @@
 ``una-bundle COMMAND --help`` describes each flag with its default (printed, no pager).
 
 User errors (missing or unreadable files, outputs that exist, bad parameters, unknown flags) end with a one-line
-message on stderr and exit code 2 instead of a traceback, Ctrl-C with one line and exit code 130. Flags are checked against the command's arguments before
-anything runs (python-fire alone would run the command, then complain about a misspelt flag). Help and the flag
-check read the commands' signatures and docstrings from their source (``ast``), so they import neither torch nor
-MONAI and answer at once; a command's module is imported only to run it.
+message on stderr and exit code 2 instead of a traceback, Ctrl-C with one line and exit code 130. Flags are checked
+against the command's arguments before anything runs (python-fire alone would run the command, then complain about a
+misspelt flag). Help and the flag check read the commands' signatures and docstrings from their source (``ast``), so
+they import neither torch nor MONAI and answer at once; a command's module is imported only to run it.
 """
 
 from __future__ import annotations

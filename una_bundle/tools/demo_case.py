@@ -64,8 +64,11 @@ def run_demo(
 
     progress, start = show_progress(quiet), time.perf_counter()
     if progress:
-        print(f"demo: simulating a lesion on the MNI152 template (seed {seed}) into {case_dir}", file=sys.stderr,
-              flush=True)
+        print(
+            f"demo: simulating a lesion on the MNI152 template (seed {seed}) into {case_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
     volume, brain, affine = mni152_brain()
     template = MetaTensor(volume[None] * brain[None], affine=torch.as_tensor(affine))
     probability, lesion = FluidAnomaly().set_random_state(seed)(template, brain[None])
@@ -80,11 +83,21 @@ def run_demo(
     case = {"image": str(image_path), "truth": str(truth_path), "lesion": str(lesion_path), "mask": str(mask_path)}
     cases = [dict(case, modality="t1", kind="t1_lesion")]
     if healthy_case:  # the template itself: every anomaly found there is a false positive
-        cases.append({"image": str(truth_path), "truth": str(truth_path), "mask": str(mask_path), "modality": "t1",
-                      "kind": "t1_healthy"})
+        cases.append(
+            {
+                "image": str(truth_path),
+                "truth": str(truth_path),
+                "mask": str(mask_path),
+                "modality": "t1",
+                "kind": "t1_healthy",
+            }
+        )
     if progress:
-        print(f"demo: case ready ({time.perf_counter() - start:.1f} s); UNA on {len(cases)} case(s), then scoring",
-              file=sys.stderr, flush=True)
+        print(
+            f"demo: case ready ({time.perf_counter() - start:.1f} s); UNA on {len(cases)} case(s), then scoring",
+            file=sys.stderr,
+            flush=True,
+        )
     inference = {"device": device, "quiet": quiet, **({"checkpoint": checkpoint} if checkpoint else {})}
     result = run_evaluation(cases, out, overwrite=overwrite, inference=inference)
     return Path(result["files"][1]).read_text()

@@ -41,15 +41,11 @@ def pack(checkpoint: str | Path, out: str | Path, weights: str | Path = BUNDLE_R
     if missing:
         raise ValueError(f"{checkpoint}: not a training resume checkpoint (missing {sorted(missing)}).")
     shipped = read_state_dict(Path(weights))
-    if shipped.keys() != state["model"].keys() or any(
-        not torch.equal(shipped[k], state["model"][k]) for k in shipped
-    ):
+    if shipped.keys() != state["model"].keys() or any(not torch.equal(shipped[k], state["model"][k]) for k in shipped):
         raise ValueError(f"{weights} is not the network of {checkpoint}: ship that network first, then pack.")
     optimizer = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
     for index, values in state["optimizer"]["state"].items():
-        optimizer["state"][index] = {
-            k: (v.to(torch.bfloat16) if k in _MOMENTS else v) for k, v in values.items()
-        }
+        optimizer["state"][index] = {k: (v.to(torch.bfloat16) if k in _MOMENTS else v) for k, v in values.items()}
     packed = {
         "optimizer": optimizer,
         "lr_scheduler": state["lr_scheduler"],

@@ -51,6 +51,7 @@ __all__ = [
 FOV_MM = (184.0, 224.0, 200.0)
 FOV_CENTER_MM = (0.0, -17.0, 5.0)
 
+
 def _grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and RAS affine of the output grid: ``FOV_MM`` around ``FOV_CENTER_MM`` at ``spacing`` mm."""
     shape = tuple(int(math.ceil(f / spacing - 1e-6)) for f in FOV_MM)

@@ -19,7 +19,6 @@ Everything runs in torch on the input's device, with one ``torch.Generator`` see
 from __future__ import annotations
 
 import math
-
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 

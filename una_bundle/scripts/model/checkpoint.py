@@ -63,7 +63,9 @@ def _unanet_settings(state: dict) -> str:
     head = state.get("head.conv.weight")
     if not levels or first is None:
         return "not a UNANet state dict"
-    return f"levels={len(levels)}, features={first.shape[0]}" + (f", out_channels={head.shape[0]}" if head is not None else "")
+    return f"levels={len(levels)}, features={first.shape[0]}" + (
+        f", out_channels={head.shape[0]}" if head is not None else ""
+    )
 
 
 def load_weights(network: torch.nn.Module, path: Path) -> None:

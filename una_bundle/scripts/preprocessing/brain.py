@@ -51,7 +51,8 @@ def normalize_brain_intensity(
 
     MR (any modality but ``"ct"``): the ``percentiles`` of the intensities inside ``mask`` (the whole image without
     one) map to 0 and 1; a lower percentile of 0 means ``min(0, minimum)``, as in training, where the scaled volumes
-    include their zero background (a brain whose darkest voxel is above 0 is not stretched). CT: the Hounsfield ``ct_window`` maps to [0, 1]. With a mask the result is zero outside it.
+    include their zero background (a brain whose darkest voxel is above 0 is not stretched). CT: the Hounsfield
+    ``ct_window`` maps to [0, 1]. With a mask the result is zero outside it.
 
     Args:
         image: ``[C, X, Y, Z]`` or ``[X, Y, Z]`` tensor / MetaTensor.

@@ -302,7 +302,9 @@ class AnomalyScored(Transform):
         device = pred.device
         channels = pred.shape[0]
         if self.source == "head" and channels < 2:
-            raise ValueError(f"AnomalyScored: source='head' needs a model with an anomaly head, got {channels} channel.")
+            raise ValueError(
+                f"AnomalyScored: source='head' needs a model with an anomaly head, got {channels} channel."
+            )
         brain = torch.as_tensor(d[self.mask_key])[0].to(device) > 0.5
         if channels > 1 and self.source != "difference":
             amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain

@@ -40,7 +40,11 @@ __all__ = [
     "fill_anomaly",
     "noise_level",
     "suppress_excess_noise",
-    "looks_like_t1", "healthy_kind", "FillAnomalyd", "HEALTHY_OUTPUTS", "T1_CORRELATION",
+    "looks_like_t1",
+    "healthy_kind",
+    "FillAnomalyd",
+    "HEALTHY_OUTPUTS",
+    "T1_CORRELATION",
 ]
 
 #: ``healthy_output`` settings: ``auto`` (filled for T1w-like inputs), ``filled`` or ``synthesized`` always.
@@ -129,7 +133,9 @@ def noise_level(image: torch.Tensor, brain: torch.Tensor) -> float:
     return float(1.4826 * mad / math.sqrt(1 - 1 / 27) / reference)
 
 
-def suppress_excess_noise(image: torch.Tensor, brain: torch.Tensor, floor: float = NOISE_FLOOR) -> tuple[torch.Tensor, float]:
+def suppress_excess_noise(
+    image: torch.Tensor, brain: torch.Tensor, floor: float = NOISE_FLOOR
+) -> tuple[torch.Tensor, float]:
     """``(denoised, noise_level)``: the local Wiener filter ``m + max(v - n^2, 0) / v * (x - m)`` (``m``, ``v``: mean
     and variance in 3^3 windows) with ``n^2 = (level^2 - floor^2) * q99^2``, inside the brain; the input unchanged
     when its :func:`noise_level` is at most ``floor``."""
@@ -211,8 +217,10 @@ class FillAnomalyd(Transform):
         prob = torch.as_tensor(d[self.anomaly_key])[0].to(synth.device).float()
         brain = torch.as_tensor(d[self.mask_key])[0].to(synth.device) > 0.5
         if image.shape != synth.shape:
-            raise ValueError(f"FillAnomalyd: {self.image_key} {tuple(image.shape)} and {self.pred_key} "
-                             f"{tuple(synth.shape)} are not on one grid (fill after Invertd).")
+            raise ValueError(
+                f"FillAnomalyd: {self.image_key} {tuple(image.shape)} and {self.pred_key} "
+                f"{tuple(synth.shape)} are not on one grid (fill after Invertd)."
+            )
         t1_like, corr = looks_like_t1(image, synth, prob, brain)
         kind = healthy_kind(self.healthy_output, d.get(self.modality_key, "auto"), t1_like)
         level = noise_level(image, brain)

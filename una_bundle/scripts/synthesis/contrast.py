@@ -166,7 +166,9 @@ class RandLabelToImage(RandomizableTransform):
             )
         unknown = [o for o in orders if o not in TISSUE_ORDERS]
         if unknown or not orders:
-            raise ValueError(f"RandLabelToImage: orders must be a non-empty subset of {tuple(TISSUE_ORDERS)}, got {orders}.")
+            raise ValueError(
+                f"RandLabelToImage: orders must be a non-empty subset of {tuple(TISSUE_ORDERS)}, got {orders}."
+            )
         self.orders = tuple(orders)
         if not ordered_jitter >= 0:
             raise ValueError(f"ordered_jitter must be >= 0, got {ordered_jitter}.")
@@ -204,8 +206,14 @@ class RandLabelToImage(RandomizableTransform):
         start = self.R.uniform(low, high - span)
         levels = np.array([start, start + span * self.R.uniform(0.25, 0.75), start + span])
         jitter = min(self.ordered_jitter, 0.45 * float(np.diff(levels).min()))  # never enough to swap two classes
-        ranking = {"t1": ("csf", "gm", "wm"), "t2": ("wm", "gm", "csf"), "flair": ("csf", "wm", "gm"),
-                   "pd": ("wm", "gm", "csf")}[self.order]  # darkest to brightest
+        ranking = {
+            "t1": ("csf", "gm", "wm"),
+            "t2": ("wm", "gm", "csf"),
+            "flair": ("csf", "wm", "gm"),
+            "pd": ("wm", "gm", "csf"),
+        }[
+            self.order
+        ]  # darkest to brightest
         out = means.copy()
         for level, tissue in zip(levels, ranking):
             ids = np.isin(values, self.tissue_labels[tissue])

@@ -380,8 +380,11 @@ def run_inference(
         context["setup_s"] = round(time.perf_counter() - setup_start - sum(c.check_s for c in cases), 3)
         progress = show_progress(quiet)
         if progress:
-            print(f"{len(cases)} case(s) into {output_dir} (model ready in {context['setup_s']:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{len(cases)} case(s) into {output_dir} (model ready in {context['setup_s']:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         reports = []
         cases_start = time.perf_counter()
         for i, case in enumerate(cases, 1):

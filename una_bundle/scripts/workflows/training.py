@@ -320,7 +320,9 @@ def brain_metric_inputs(output: Sequence[Mapping]) -> tuple[list[torch.Tensor], 
     return preds, ys
 
 
-def anomaly_dice_inputs(output: Sequence[Mapping], threshold: float = 0.5) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def anomaly_dice_inputs(
+    output: Sequence[Mapping], threshold: float = 0.5
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Output transform for MONAI's ``DiceMetric`` on the anomaly head: ``sigmoid(channel 1) > threshold`` against
     the simulated lesion mask (cases without a lesion give NaN, skipped by the mean)."""
     preds, ys = [], []
@@ -333,11 +335,11 @@ def anomaly_dice_inputs(output: Sequence[Mapping], threshold: float = 0.5) -> tu
     return preds, ys
 
 
-# --- the ``training`` id: a run that has nothing left to do, Ctrl-C ----------------------------------------------------
+# --- the ``training`` id: a run that has nothing left to do, Ctrl-C ---------------------------------------------------
 
 
 class TrainingFinishedError(FileExistsError):
-    """The run in ``output_dir`` already reached ``max_epochs``: there is nothing to train (see :func:`run_training`)."""
+    """The run in ``output_dir`` already reached ``max_epochs``: nothing to train (see :func:`run_training`)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
