@@ -8,25 +8,47 @@ to state their hashes. After replacing ``models/model.pt`` (e.g. with newly trai
 
     python -m una_bundle.tools.release            # re-export models/model.ts, rewrite the hashes
     python -m una_bundle.tools.release --check    # only compare: exit code 1 and the hashes to write if stale
+    python -m una_bundle.tools.release --archive  # also build the zoo archive dist/una_bundle_v<version>.zip
 
 (From the repository root it also runs without installing the package.)
 The TorchScript export is ``python -m monai.bundle ckpt_export network_def`` with the bundle's inference config and
 metadata (both are stored inside ``model.ts`` as extra files), by scripting (``torch.jit.script``), not tracing.
+A re-export of unchanged weights keeps the committed ``model.ts`` byte for byte (a fresh export differs in bytes only:
+TorchScript writes a random serialization id), so its hash changes only when the model does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable
 from ..scripts.model.checkpoint import file_hash
 
-__all__ = ["read_large_files", "check_large_files", "update_large_files", "export_torchscript", "main"]
+__all__ = [
+    "read_large_files",
+    "check_large_files",
+    "update_large_files",
+    "export_torchscript",
+    "same_torchscript",
+    "refresh_torchscript",
+    "build_archive",
+    "ARCHIVE_CONTENTS",
+    "main",
+]
+
+#: What the model-zoo archive of the bundle holds (paths under the bundle root): the zoo layout, nothing pip-only
+#: (``tools/``: the fire CLI, this module, figures; ``deploy/``: the MONAI Deploy app; the package ``__init__``).
+ARCHIVE_CONTENTS = ("configs", "models", "scripts", "docs", "LICENSE", "large_files.yml")
 
 
 def read_large_files(bundle_root: str | Path = BUNDLE_ROOT) -> list[dict]:
@@ -114,21 +136,88 @@ def export_torchscript(
     return filepath
 
 
+def same_torchscript(a: str | Path, b: str | Path) -> bool:
+    """Whether two TorchScript files hold the same model: equal weights (bit for bit), extra files (metadata and
+    config) and code. Two exports of one checkpoint differ as bytes (TorchScript writes a random serialization id
+    and the archive's folder name), never in these."""
+    extra = {"metadata.json": "", "inference.json": ""}
+    models = []
+    for path in (a, b):
+        files = dict(extra)
+        models.append((torch.jit.load(str(path), map_location="cpu", _extra_files=files), files))
+    (ma, fa), (mb, fb) = models
+    sa, sb = ma.state_dict(), mb.state_dict()
+    if fa != fb or sa.keys() != sb.keys() or ma.code != mb.code:
+        return False
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def refresh_torchscript(bundle_root: str | Path = BUNDLE_ROOT) -> bool:
+    """Re-export ``models/model.ts`` from ``models/model.pt``; the committed file is kept, byte for byte, when the
+    new export holds the same model (:func:`same_torchscript`). Returns whether the file changed."""
+    target = Path(bundle_root) / "models" / "model.ts"
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        fresh = export_torchscript(bundle_root, Path(tmp) / target.name)
+        if target.is_file() and same_torchscript(target, fresh):
+            return False
+        os.replace(fresh, target)
+    return True
+
+
+def build_archive(bundle_root: str | Path = BUNDLE_ROOT, out_path: str | Path | None = None) -> Path:
+    """The model-zoo archive: ``<name>_v<version>.zip`` (the bundle folder's name, ``configs/metadata.json``'s version)
+    with :data:`ARCHIVE_CONTENTS` under one top folder ``<name>/``, as the zoo ships bundles (``monai.bundle.download``
+    unzips it; ``PYTHONPATH=<name> python -m monai.bundle run ...`` runs it). Caches (``__pycache__``) are left out;
+    entries are sorted with a fixed time stamp, so unchanged files give an identical archive."""
+    root = Path(bundle_root).resolve()
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    name = root.name
+    missing = [item for item in ARCHIVE_CONTENTS if not (root / item).exists()]
+    if missing:
+        raise FileNotFoundError(f"{root}: the archive needs {missing} (a bundle root holds {list(ARCHIVE_CONTENTS)}).")
+    out = Path(out_path) if out_path is not None else root.parent / "dist" / f"{name}_v{meta['version']}.zip"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = []
+    for item in ARCHIVE_CONTENTS:
+        path = root / item
+        found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        files += [p for p in found if "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    tmp = out.with_name(f".{out.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(files):
+            info = zipfile.ZipInfo(f"{name}/{path.relative_to(root).as_posix()}", date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    os.replace(tmp, out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: re-export ``models/model.ts`` and rewrite the hashes, or ``--check`` them only."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle_root", default=str(BUNDLE_ROOT), help="the bundle folder")
     parser.add_argument("--check", action="store_true", help="only compare the hashes (exit code 1 if stale)")
     parser.add_argument("--no_export", action="store_true", help="do not re-export models/model.ts")
+    parser.add_argument(
+        "--archive",
+        nargs="?",
+        const="",
+        metavar="ZIP",
+        help="also build the zoo archive (default: " "dist/<name>_v<version>.zip beside the bundle root)",
+    )
     args = parser.parse_args(argv)
     if args.check:
         problems = check_large_files(args.bundle_root)
         print("\n".join(problems) if problems else "large_files.yml matches the model files.")
         return 1 if problems else 0
     if not args.no_export:
-        print(f"exported {export_torchscript(args.bundle_root)}")
+        changed = refresh_torchscript(args.bundle_root)
+        print("exported models/model.ts" if changed else "models/model.ts kept: a fresh export holds the same model")
     changed = update_large_files(args.bundle_root)
     print(f"updated the hashes of {changed} in large_files.yml" if changed else "large_files.yml was up to date.")
+    if args.archive is not None:
+        print(f"archive: {build_archive(args.bundle_root, args.archive or None)}")
     return 0
 
 
