@@ -263,7 +263,9 @@ def test_deploy_app_runs_the_torchscript_model(tmp_path):
         data = np.asarray(image.dataobj)
         assert data.shape == reference.shape and image.get_data_dtype() == dtype
         np.testing.assert_allclose(image.affine, reference.affine)
-        assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+        assert np.isfinite(data).all() and data.min() >= 0
+        if kind != "healthy":  # the healthy output is in the scan's units when it is the lesion-filled scan
+            assert data.max() <= 1
 
 
 def test_deploy_app_errors(tmp_path):

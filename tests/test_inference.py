@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage as ndi
 
 from una_bundle import BUNDLE_ROOT
 from una_bundle.scripts.model.network import UNANet
@@ -127,7 +128,7 @@ def test_anomaly_map_finds_the_lesion_at_its_world_position(case, tmp_path):
 
 @pytest.mark.parametrize("spacing", [[1.2, 1.0, 3.0], [2.5, 2.5, 2.5]])
 def test_healthy_image_returns_on_the_input_grid(case, tmp_path, spacing):
-    """A network that copies its first channel: the healthy output is the normalised input, on the input's grid.
+    """A network that copies its first channel: the synthesis is the normalised input, on the input's grid.
 
     At the input's own voxel size the working grid only differs by axis order/flips, a crop and a pad, so the round
     trip must be exact; at 2.5 mm the resampling blurs, but the lesion must come back at its world position.
@@ -136,14 +137,19 @@ def test_healthy_image_returns_on_the_input_grid(case, tmp_path, spacing):
     ckpt = conv_checkpoint(tmp_path / "copy.pt", (1.0, 0.0))
     out = tmp_path / "out"
     overrides = {"network_def": CONV, "percentiles": [0.0, 100.0]}
-    run_inference(path, out, checkpoint=ckpt, overrides=overrides, quiet=True, **{**FAST, "spacing": spacing})
-    result = out / "sub-01_healthy.nii.gz"
+    report = run_inference(path, out, checkpoint=ckpt, overrides=overrides, quiet=True, **{**FAST, "spacing": spacing})
+    result = out / "sub-01_synthesized.nii.gz"
     assert_same_grid(result, path)
     healthy = np.asarray(nib.load(str(result)).dataobj)
     expected = np.asarray(nib.load(str(path)).dataobj) / 180.0
     if spacing == [1.2, 1.0, 3.0]:
         np.testing.assert_allclose(healthy, expected, atol=1e-5)
     assert np.linalg.norm(world_of_argmax(result) - lesion) <= 6.0
+    # the synthesis is the input: T1w-like, so NAME_healthy is the lesion-filled scan, in the scan's own units
+    # (without an anomaly: the scan itself, voxel for voxel, at any working grid)
+    assert report[0]["healthy"] == "filled" and report[0]["anomaly_voxels"] == 0
+    scan = np.asarray(nib.load(str(path)).dataobj)
+    np.testing.assert_allclose(np.asarray(nib.load(str(out / "sub-01_healthy.nii.gz")).dataobj), scan, atol=1e-4)
 
 
 def test_integer_4d_ct_input_at_1x1x5_mm(tmp_path):
@@ -178,11 +184,15 @@ def test_mask_for_an_image_with_skull(tmp_path):
     overrides = {"network_def": CONV}
     report = run_inference(path, out, mask=mask_path, checkpoint=ckpt, overrides=overrides, quiet=True, **fast)[0]
     assert report["mask"] == str(mask_path.resolve())
-    healthy = np.asarray(nib.load(str(out / "head_healthy.nii.gz")).dataobj)
-    assert float(np.abs(healthy[mask == 0]).max()) == 0.0  # the skull is gone
+    synthesized = np.asarray(nib.load(str(out / "head_synthesized.nii.gz")).dataobj)
+    assert float(np.abs(synthesized[mask == 0]).max()) == 0.0  # the skull is gone
     inside = padded[mask > 0]
     high = np.percentile(inside, 99.5)  # percentile 0 of a positive brain: 0 (min(0, minimum)), as in training
-    np.testing.assert_allclose(healthy[mask > 0], np.clip(inside / high, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(synthesized[mask > 0], np.clip(inside / high, 0, 1), atol=1e-5)
+    # the lesion-filled scan keeps everything outside the anomaly, the skull included (a whole-head filled T1w)
+    assert report["healthy"] == "filled"
+    healthy = np.asarray(nib.load(str(out / "head_healthy.nii.gz")).dataobj)
+    np.testing.assert_allclose(healthy[mask == 0], padded[mask == 0])
 
 
 # --- modality and intensity -------------------------------------------------------------------------------------------
@@ -399,14 +409,12 @@ def test_anomaly_head_gives_the_map_its_threshold_and_the_healthy_choice(case, t
     synth = np.asarray(nib.load(str(out / "sub-01_synthesized.nii.gz")).dataobj)
     assert np.allclose(healthy["t2"], synth, atol=1e-6)
     assert not np.allclose(healthy["t1"], synth, atol=1e-3)
-    # filled: the input where healthy, the (flat 0.4) synthesis pasted into the bright lesion
+    # filled: the input itself where healthy (its own grid and units: exact, though the working grid is 2.5 mm) ...
     image = np.asarray(nib.load(str(path)).dataobj)
-    normalised = image / image.max()
-    for tissue in (100.0,):  # the thick grey shell (resampled through the 2.5 mm working grid: not exact)
-        region = (image == tissue) & (amap < 0.05)
-        error = abs(float(healthy["t1"][region].mean()) - tissue / image.max())
-        assert error < 0.5 * abs(float(synth[region].mean()) - tissue / image.max())
-    assert healthy["t1"][mask > 0].mean() < normalised[mask > 0].mean() - 0.3
+    region = (image == 100.0) & (ndi.maximum_filter(amap, 3) <= 0.5)  # no blend weight there (floor 0.5, rim 1)
+    assert region.sum() > 100 and np.array_equal(healthy["t1"][region], image[region])
+    # ... and in the bright lesion the (flat) synthesis, matched to the healthy brain's mean: much darker than 180
+    assert healthy["t1"][mask > 0].mean() < image[mask > 0].mean() - 0.3 * image.max()
 
 
 def test_existing_output_is_refused_unless_overwrite(case, tmp_path, unanet_ckpt):

@@ -117,7 +117,7 @@ def _smooth_brain(shape=(40, 40, 40)):
     grid = torch.stack(torch.meshgrid(*(torch.linspace(-1, 1, n) for n in shape), indexing="ij"))
     radius = grid.square().sum(0).sqrt()
     brain = radius < 0.9
-    truth = (0.6 + 0.4 * torch.cos(3 * grid[0]) * torch.cos(2 * grid[1])) * brain
+    truth = (0.6 + 0.4 * torch.cos(1.5 * grid[0]) * torch.cos(grid[1])) * brain
     return truth, brain
 
 
