@@ -330,11 +330,32 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is_and_exits_130(demo_
     output = "".join(log) + stdout + stderr
     assert process.returncode == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+    assert "due to exception" not in output, output[-3000:]  # ignite's empty exception line is dropped
     line = stderr.strip().splitlines()[-1]
     checkpoint = out / "models" / "checkpoint_final.pt"
     assert line.startswith("training interrupted at epoch 1") and str(checkpoint) in line, line
     assert "run the same command again" in line
     assert torch.load(checkpoint, map_location="cpu", weights_only=False)["trainer"]["iteration"] >= 2
+
+
+def test_ctrl_c_while_preparing_is_one_line_and_exit_130(tmp_path):
+    """Before the first iteration (configs, dataset caching) a SIGINT to the process gives one line, no traceback."""
+    script = (
+        "import os, signal, time\n"
+        "from una_bundle.scripts.workflows.training import guard_preparation\n"
+        "guard_preparation(True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+        "print('not interrupted')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130 and "not interrupted" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("training interrupted while preparing"), result.stderr[-2000:]
+    # the Python API (exit_on_error false) keeps KeyboardInterrupt
+    script = script.replace("guard_preparation(True)", "guard_preparation(False)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 130 and "KeyboardInterrupt" in result.stderr
 
 
 def test_epoch_timer_shows_progress_within_an_epoch_on_a_terminal_only(monkeypatch, caplog):

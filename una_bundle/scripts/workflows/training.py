@@ -27,7 +27,9 @@ Pieces, in the order the config uses them:
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -60,6 +62,7 @@ __all__ = [
     "is_rank0",
     "TrainingFinishedError",
     "TrainingInterrupted",
+    "guard_preparation",
     "run_training",
     "training_workflow",
     "train",
@@ -342,6 +345,32 @@ class TrainingFinishedError(FileExistsError):
     """The run in ``output_dir`` already reached ``max_epochs``: nothing to train (see :func:`run_training`)."""
 
 
+def _interrupted_while_preparing(signum, frame) -> None:
+    print(
+        "training interrupted while preparing (configs, data caching) before its first iteration: nothing was saved; "
+        "run the same command again to start",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(130)  # caching threads may be mid-work: leave at once, as a Ctrl-C would
+
+
+def guard_preparation(exit_on_error: bool = True) -> None:
+    """From ``initialize`` until :func:`run_training` starts the trainer: Ctrl-C (SIGINT) prints one line and exits
+    with code 130 (the dataset's caching would otherwise end in a long traceback). Only with ``exit_on_error`` (the
+    bundle run; the Python API keeps ``KeyboardInterrupt``) and in the main thread."""
+    if exit_on_error and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupted_while_preparing)
+
+
+class _NoEmptyExceptionLine(logging.Filter):
+    """Drops ignite's "Engine run is terminating due to exception: " line when the exception has no text (Ctrl-C):
+    :func:`run_training` prints the line that says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().rstrip().endswith("due to exception:")
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where the newest checkpoint is and how to resume."""
 
@@ -363,7 +392,9 @@ def run_training(trainer, resume_from: str | None = None, ckpt_dir: str | None =
     * The checkpoint to resume from (``resume_from``) already reached the configured ``max_epochs``: nothing runs (no
       MLflow run is created); the line says where the model is and how to train longer.
     * Ctrl-C (``KeyboardInterrupt``): the trainer saves ``checkpoint_final.pt`` as it stops; the line names the newest
-      checkpoint in ``ckpt_dir`` and says to run the same command again to resume from it.
+      checkpoint in ``ckpt_dir`` and says to run the same command again to resume from it (ignite's own, empty,
+      "terminating due to exception" line is dropped). Before this, while the data is cached, :func:`guard_preparation`
+      answers Ctrl-C.
 
     With ``exit_on_error`` (``python -m monai.bundle run``, config id ``exit_on_error``) the line goes to stderr and the
     process exits with code 2 (finished) or 130 (Ctrl-C); otherwise (the Python API, ``una-bundle train``)
@@ -384,6 +415,9 @@ def run_training(trainer, resume_from: str | None = None, ckpt_dir: str | None =
                 print(f"error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2)
         raise TrainingFinishedError(message)
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_preparing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C saves a checkpoint (below)
+    trainer.logger.addFilter(_NoEmptyExceptionLine())
     try:
         return trainer.run()
     except KeyboardInterrupt as err:
