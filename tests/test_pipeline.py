@@ -36,6 +36,30 @@ def test_output_contract(demo_3mm, tmp_path):
     assert any(float(s["lesion"].sum()) > 0 for s in samples)
 
 
+def test_lesions_grow_in_tissue_not_in_ventricles_or_csf(demo_3mm, tmp_path):
+    """The fluid anomaly is confined to lesion_tissue_labels: no lesion voxel inside the lateral ventricles or CSF."""
+    from una_bundle.scripts.data.labels import CSF_LABELS, TISSUE_LABELS
+
+    config = load_config("train.yaml", _settings(demo_3mm.parent, tmp_path, anomaly_prob=1.0))
+    assert set(config.get_parsed_content("lesion_tissue_labels")) == set(TISSUE_LABELS)
+    assert not set(TISSUE_LABELS) & set(CSF_LABELS)
+    steps = config.get_parsed_content("train#preprocessing").transforms
+    last = next(i for i, t in enumerate(steps) if type(t).__name__ == "RandFluidAnomalyd")
+    entry = config.get_parsed_content("train#dataset").data[0]
+    found = 0
+    for seed in range(3):
+        data = dict(entry)
+        for step in steps[: last + 1]:
+            if hasattr(step, "set_random_state"):
+                step.set_random_state(seed)
+            data = step(data)
+        lesion = data["lesion"][0] > 0
+        csf = torch.isin(data["label"][0].long(), torch.tensor(CSF_LABELS))
+        assert bool(csf.any()) and not bool((lesion & csf).any())
+        found += int(lesion.sum())
+    assert found > 0  # lesions were drawn
+
+
 def test_reproducible_and_seed_sensitive(demo_3mm, tmp_path):
     settings = _settings(demo_3mm.parent, tmp_path)
     a, _ = draw_samples(demo_3mm.parent, 2, seed=3, overrides=settings)

@@ -26,6 +26,7 @@ __all__ = [
     "GM_LABELS",
     "WM_LABELS",
     "CSF_LABELS",
+    "TISSUE_LABELS",
     "LEFT_RIGHT_PAIRS",
 ]
 
@@ -96,6 +97,8 @@ WM_LABELS = (
 )
 #: Fluid classes.
 CSF_LABELS = (LEFT_LATERAL_VENTRICLE, RIGHT_LATERAL_VENTRICLE, CSF)
+#: Tissue classes (every brain class but fluid): where lesions grow (not inside the ventricles or the CSF).
+TISSUE_LABELS = GM_LABELS + WM_LABELS + (BRAINSTEM,)
 #: (left, right) id pairs, to swap when an image is flipped left-right.
 LEFT_RIGHT_PAIRS = (
     (LEFT_CEREBRAL_WHITE_MATTER, RIGHT_CEREBRAL_WHITE_MATTER),
