@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..scripts.data.atomic_io import commit, write_atomic
 from ..scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable
 from ..scripts.model.checkpoint import file_hash
 
@@ -160,7 +160,7 @@ def refresh_torchscript(bundle_root: str | Path = BUNDLE_ROOT) -> bool:
         fresh = export_torchscript(bundle_root, Path(tmp) / target.name)
         if target.is_file() and same_torchscript(target, fresh):
             return False
-        os.replace(fresh, target)
+        commit(fresh, target)  # synced, then renamed over the old file
     return True
 
 
@@ -182,15 +182,16 @@ def build_archive(bundle_root: str | Path = BUNDLE_ROOT, out_path: str | Path | 
         path = root / item
         found = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         files += [p for p in found if "__pycache__" not in p.parts and p.suffix != ".pyc"]
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(files):
-            info = zipfile.ZipInfo(f"{name}/{path.relative_to(root).as_posix()}", date_time=(2020, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, path.read_bytes())
-    os.replace(tmp, out)
-    return out
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(files):
+                info = zipfile.ZipInfo(f"{name}/{path.relative_to(root).as_posix()}", date_time=(2020, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, path.read_bytes())
+
+    return write_atomic(out, write)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..data.atomic_io import write_atomic
 
 __all__ = [
     "summarize",
@@ -198,22 +198,12 @@ def boxplots(rows: list[dict], path: Path) -> None:
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
     fig.suptitle(f"Brain-masked metrics, {len(rows)} case(s)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``text`` to ``path`` atomically (``atomic_io.write_atomic``: the umask's mode, nothing left on failure)."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
