@@ -16,6 +16,7 @@ import torch
 import yaml
 from monai.data import MetaTensor
 
+from ..scripts.data.atomic_io import write_atomic
 from ..scripts.data.bundle_config import BUNDLE_ROOT
 from ..scripts.data.mni152 import mni152_brain
 from ..scripts.data.nifti_io import check_writable, load_volume, save_volume
@@ -67,10 +68,10 @@ def _figure(image, frames, samples, dt, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, facecolor="black")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, facecolor="black", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def training_lesion_settings() -> dict:

@@ -16,6 +16,7 @@ import torch
 from monai.handlers import MLFlowHandler
 from monai.utils import CommonKeys
 
+from ..data.atomic_io import write_atomic
 from .training import is_rank0, loss_terms
 
 __all__ = [
@@ -154,10 +155,10 @@ def qc_figure(item: Mapping, path: str | os.PathLike, title: str = "") -> str:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90, facecolor="black")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, facecolor="black", format="png"))
+    finally:
+        plt.close(fig)
     return str(path)
 
 
