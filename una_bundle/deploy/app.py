@@ -58,7 +58,7 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 logger = logging.getLogger(__name__)
 
 try:  # the SDK is optional: without it the app runs its three steps in sequence
-    from monai.deploy.core import Application, ConditionType, Fragment, Operator, OperatorSpec
+    from monai.deploy.core import Application, Fragment, Operator, OperatorSpec
 
     HAS_SDK = True
 except ImportError:  # pragma: no cover - depends on the environment
@@ -308,7 +308,9 @@ if HAS_SDK:  # pragma: no cover - exercised where monai-deploy-app-sdk is instal
             super().__init__(fragment, *args, **kwargs)
 
         def setup(self, spec: OperatorSpec) -> None:
-            spec.input("results").condition(ConditionType.NONE)
+            # the default input condition (a message must be there): with ConditionType.NONE the writer was always
+            # ready, ticked forever on an empty input and kept the scheduler - and the app - from ever exiting
+            spec.input("results")
 
         def compute(self, op_input, op_output, context) -> None:
             for case, outputs in op_input.receive("results") or []:
