@@ -67,3 +67,17 @@ def test_overview_help_lists_every_command(capsys):
         cli.main(argv)
         text = capsys.readouterr().out
         assert all(f"\n  {name} " in text for name in cli.COMMANDS), text
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    """``una-bundle --help | head -1``: no BrokenPipeError traceback when the reader has stopped reading."""
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "una_bundle.tools.cli", "infer", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before the help is printed
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

@@ -15,6 +15,7 @@ import difflib
 import functools
 import importlib
 import json
+import os
 import re
 import sys
 import textwrap
@@ -290,14 +291,22 @@ def check_flags(argv: list[str]) -> None:
         )
 
 
+def _print_help(text: str) -> None:
+    """Print help; a reader that stops early (``una-bundle --help | head``) ends it quietly, as ``man`` does."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     head = argv[: argv.index("--")] if "--" in argv else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(overview_help())
+        _print_help(overview_help())
         return
     if argv[0] in COMMANDS and ("--help" in head or "-h" in head):
-        print(command_help(argv[0]))
+        _print_help(command_help(argv[0]))
         return
     try:
         check_flags(argv)
