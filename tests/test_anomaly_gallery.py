@@ -73,3 +73,17 @@ def test_gallery_uses_the_training_recipe_lesion_settings(tmp_path, brain_file):
     assert recipe["anomalies"][0]["lesion_ml"] > 0
     reference = generate_anomalies(output_dir=str(tmp_path / "b"), image=str(image), n=1, seed=0, recipe=False)
     assert reference["parameters"] == {}
+
+
+def test_template_gallery_grows_lesions_in_tissue_only(tmp_path):
+    """On the default image (the MNI152 template) lesions follow training: in its tissue, never in ventricles/CSF."""
+    from una_bundle.scripts.data.labels import CSF_LABELS
+    from una_bundle.scripts.data.mni152 import mni152_labels
+
+    _, labels, _ = mni152_labels()
+    summary = generate_anomalies(output_dir=str(tmp_path / "t"), n=2, seed=3)
+    assert "its tissue" in summary["image"]
+    for i in range(2):
+        mask = np.asarray(nib.load(str(tmp_path / "t" / f"anomaly_{i}_mask.nii.gz")).dataobj) > 0
+        assert mask.shape == labels.shape and mask.sum() > 0
+        assert not (mask & np.isin(labels, CSF_LABELS)).any()

@@ -18,7 +18,8 @@ from monai.data import MetaTensor
 
 from ..scripts.data.atomic_io import write_atomic
 from ..scripts.data.bundle_config import BUNDLE_ROOT
-from ..scripts.data.mni152 import mni152_brain
+from ..scripts.data.labels import TISSUE_LABELS
+from ..scripts.data.mni152 import mni152_labels
 from ..scripts.data.nifti_io import check_writable, load_volume, save_volume
 from ..scripts.generator.anomaly_encoding import RandEncodeAnomaly
 from ..scripts.generator.fluid_anomaly import FluidAnomaly
@@ -74,9 +75,13 @@ def _figure(image, frames, samples, dt, path: Path) -> None:
         plt.close(fig)
 
 
+def _train_config() -> dict:
+    return yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())
+
+
 def training_lesion_settings() -> dict:
     """The random-shape settings of the training recipe's ``RandFluidAnomalyd``, read from ``configs/train.yaml``."""
-    config = yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())
+    config = _train_config()
     return {
         "percentile_range": config["lesion_percentiles"],
         "percentile_sampling": config["lesion_percentile_sampling"],
@@ -103,15 +108,17 @@ def generate_anomalies(
     Args:
         output_dir: folder for the outputs (created; existing outputs are kept unless ``overwrite``).
         image: a skull-stripped brain NIfTI; default: the MNI152 2009 T1 template shipped in nilearn.
-        brain_mask: its brain mask; default: the nilearn mask for the template, else ``image > 0``.
+        brain_mask: where lesions may grow; default: for the template, its tissue (``TISSUE_LABELS`` of its label
+            map, as training confines lesions; the whole brain with ``recipe=False``), else ``image > 0``.
         modality: the image's modality, for the lesion intensity direction (T1, T2, FLAIR, CT).
         n: number of anomalies (>= 1).
         seed: random seed (same seed, same anomalies).
         device: torch device, e.g. ``cuda``.
         overwrite: replace existing outputs.
         recipe: start from the training recipe's lesion settings (``configs/train.yaml``: ``lesion_percentiles``,
-            ``lesion_percentile_sampling``, ``lesion_shape_periods``: one blob to many foci, ~0.5-200 mL), else from
-            :class:`FluidAnomaly`'s defaults (the reference's).
+            ``lesion_percentile_sampling``, ``lesion_shape_periods``: one blob to many foci, ~0.5-200 mL; the
+            contrast ``lesion_contrast_range``), else from :class:`FluidAnomaly`'s and :class:`RandEncodeAnomaly`'s
+            defaults (the reference's).
         fluid_kwargs: parameters of :class:`FluidAnomaly` (e.g. ``diffusion=True``, ``nt_range=[10, 10]``); they win
             over the recipe.
     """
@@ -123,8 +130,10 @@ def generate_anomalies(
     names = [f"anomaly_{i}_{kind}.nii.gz" for i in range(int(n)) for kind in ("prob", "mask", "image")]
     check_writable([out / name for name in names] + [out / "fluid_anomalies.png", out / "anomalies.json"], overwrite)
     if image is None:
-        volume, brain, affine = mni152_brain()
-        source = "MNI152 2009 T1 template (nilearn)"
+        t1, labels, affine = mni152_labels()
+        volume = torch.as_tensor(t1)
+        brain = torch.as_tensor(np.isin(labels, TISSUE_LABELS) if recipe else labels > 0)
+        source = "MNI152 2009 T1 template (nilearn), lesions in " + ("its tissue" if recipe else "its brain")
     else:
         volume, affine = load_volume(image, "image")
         brain = load_volume(brain_mask, "brain mask")[0] > 0 if brain_mask else volume > 0
@@ -134,7 +143,8 @@ def generate_anomalies(
     img = MetaTensor(volume[None].to(device), affine=torch.as_tensor(affine))
     brain = brain[None].to(device)
     anomaly = FluidAnomaly(**fluid_kwargs).set_random_state(seed)
-    encode = RandEncodeAnomaly(modality=modality).set_random_state(seed + 1)
+    contrast = {"a_range": _train_config()["lesion_contrast_range"]} if recipe else {}
+    encode = RandEncodeAnomaly(modality=modality, **contrast).set_random_state(seed + 1)
 
     samples, frames, records = [], [], []
     for i in range(int(n)):
