@@ -110,14 +110,27 @@ def fill_anomaly(
     weight = ((probability.float() - floor) / (1 - floor)).clamp(0, 1)
     if rim_voxels > 0:
         size = 2 * int(rim_voxels) + 1
-        weight = F.max_pool3d(weight[None, None], size, stride=1, padding=int(rim_voxels))[0, 0]
+        weight = _window(F.max_pool3d, weight, size)
     weight = weight * (brain > 0.5)
     filled = (1 - weight) * image.float() + weight * (gain * synthesized.float() + offset)
     return filled.clamp_min(min(0.0, float(image.min())))  # no darker than the input's floor (0 for MR)
 
 
+def _window(pool, x: torch.Tensor, size: int, **kwargs) -> torch.Tensor:
+    """``pool`` (max or average) over ``size``^3 windows of ``[X, Y, Z]`` ``x``, same size out, as three 1D passes:
+    the same result as the 3D window (the counts of a border window multiply), several times faster on a CPU."""
+    out = x[None, None]
+    for axis in range(3):
+        kernel = [1, 1, 1]
+        kernel[axis] = size
+        padding = [0, 0, 0]
+        padding[axis] = size // 2
+        out = pool(out, kernel, stride=1, padding=padding, **kwargs)
+    return out[0, 0]
+
+
 def _box_mean(x: torch.Tensor, size: int = 3) -> torch.Tensor:
-    return F.avg_pool3d(x[None, None], size, stride=1, padding=size // 2, count_include_pad=False)[0, 0]
+    return _window(F.avg_pool3d, x, size, count_include_pad=False)
 
 
 def _sample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
@@ -130,7 +143,7 @@ def noise_level(image: torch.Tensor, brain: torch.Tensor) -> float:
     chi-square variance estimate with 26 degrees of freedom (0.665). Edges and anatomy raise the variance of most
     windows, not of the flattest ones: the noise-free MNI152 template reads 1 %, with 4 % Rician noise 4.1 %."""
     brain = brain > 0.5
-    inner = -F.max_pool3d(-brain.float()[None, None], 5, stride=1, padding=2)[0, 0] > 0.5
+    inner = -_window(F.max_pool3d, -brain.float(), 5) > 0.5
     if int(inner.sum()) < 100:
         return 0.0
     x = image.float()
@@ -143,12 +156,12 @@ def noise_level(image: torch.Tensor, brain: torch.Tensor) -> float:
 
 
 def suppress_excess_noise(
-    image: torch.Tensor, brain: torch.Tensor, floor: float = NOISE_FLOOR
+    image: torch.Tensor, brain: torch.Tensor, floor: float = NOISE_FLOOR, level: float | None = None
 ) -> tuple[torch.Tensor, float]:
     """``(denoised, noise_level)``: the local Wiener filter ``m + max(v - n^2, 0) / v * (x - m)`` (``m``, ``v``: mean
     and variance in 3^3 windows) with ``n^2 = (level^2 - floor^2) * q99^2``, inside the brain; the input unchanged
-    when its :func:`noise_level` is at most ``floor``."""
-    level = noise_level(image, brain)
+    when its :func:`noise_level` (``level``, computed when not given) is at most ``floor``."""
+    level = noise_level(image, brain) if level is None else level
     if level <= floor:
         return image, level
     brain = brain > 0.5
@@ -235,7 +248,7 @@ class FillAnomalyd(Transform):
         level = noise_level(image, brain)
         if kind == "filled":
             if self.noise_floor is not None:
-                image, level = suppress_excess_noise(image, brain, self.noise_floor)
+                image, level = suppress_excess_noise(image, brain, self.noise_floor, level)
             healthy = fill_anomaly(image, synth, prob, brain)
         else:
             healthy = synth
