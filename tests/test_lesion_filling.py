@@ -31,34 +31,31 @@ def _case(shape=(24, 24, 24)):
 def test_filled_is_the_input_outside_and_the_gain_matched_synthesis_inside():
     image, truth, lesion, brain = _case()
     synthesized = 0.5 * truth + 0.1  # a synthesis on another intensity scale: the fit brings it back
-    filled = fill_anomaly(image, synthesized, lesion, brain, rim_voxels=0)
-    outside = lesion == 0
-    assert torch.allclose(filled[outside], image[outside], atol=1e-6)
-    assert torch.allclose(filled[lesion > 0], truth[lesion > 0], atol=1e-4)
+    found = lesion > 0
+    filled = fill_anomaly(image, synthesized, lesion, brain, found, 0.5, rim_voxels=0)
+    assert torch.allclose(filled[~found], image[~found], atol=1e-6)
+    assert torch.allclose(filled[found], truth[found], atol=1e-4)
     # the input's own intensity units (e.g. a scanner's 0-1000), not clipped to [0, 1]
-    scaled = fill_anomaly(1000 * image, 1000 * synthesized, lesion, brain, rim_voxels=0)
-    assert torch.allclose(scaled[outside], 1000 * image[outside], rtol=1e-6)
-    assert torch.allclose(scaled[lesion > 0], 1000 * truth[lesion > 0], rtol=1e-3)
-    # the rim widens the blend weight by one voxel: the voxel next to the lesion takes the synthesis too
-    rim = fill_anomaly(image, synthesized, lesion, brain, rim_voxels=1)
-    assert rim[7, 10, 10] == pytest.approx(float(truth[7, 10, 10]), abs=1e-4)
-    assert rim[5, 10, 10] == pytest.approx(float(image[5, 10, 10]), abs=1e-6)
+    scaled = fill_anomaly(1000 * image, 1000 * synthesized, lesion, brain, found, 0.5, rim_voxels=0)
+    assert torch.allclose(scaled[~found], 1000 * image[~found], rtol=1e-6)
+    assert torch.allclose(scaled[found], 1000 * truth[found], rtol=1e-3)
 
 
-def test_soft_probability_blends_linearly():
-    image, _, _, brain = _case()
-    half = torch.full_like(image, 0.5) * brain
-    half[:, :, :12] = 0.0  # healthy voxels, where the synthesis equals the input: gain 1, offset 0
-    inside = half > 0
-    synthesized = torch.where(inside, torch.full_like(image, 0.2), image)
-    filled = fill_anomaly(image, synthesized, half, brain, rim_voxels=0, floor=0.0)
-    assert torch.allclose(filled[inside], (0.5 * image + 0.5 * 0.2)[inside], atol=1e-4)
-    # with the default floor (0.5) a probability of 0.5 is haze: the input is kept; 0.75 blends half
-    assert torch.allclose(fill_anomaly(image, synthesized, half, brain, rim_voxels=0), image)
-    filled = fill_anomaly(image, synthesized, 1.5 * half, brain, rim_voxels=0)
-    assert torch.allclose(filled[inside], (0.5 * image + 0.5 * 0.2)[inside], atol=1e-4)
-    with pytest.raises(ValueError, match="floor"):
-        fill_anomaly(image, synthesized, half, brain, floor=1.0)
+def test_blend_weight_is_the_mask_with_a_soft_rim():
+    image, truth, lesion, brain = _case()
+    synthesized = truth.clone()
+    probability = 0.3 * lesion  # the head's probability: 0.3 in the lesion
+    probability[7, 8:14, 8:14] = 0.1  # the face next to the lesion: under the threshold, in the rim
+    probability[3, 8:14, 8:14] = 0.5  # haze far from the mask: never filled
+    found = lesion > 0  # the mask at threshold 0.2 (what AnomalyMaskd gives)
+    filled = fill_anomaly(image, synthesized, probability, brain, found, 0.2)
+    assert torch.allclose(filled[found], truth[found], atol=1e-4)  # weight 1 in the mask (p 0.3 < 0.5 no matter)
+    rim = (slice(7, 8), slice(8, 14), slice(8, 14))
+    assert torch.allclose(filled[rim], (0.5 * image + 0.5 * truth)[rim], atol=1e-4)  # p / threshold = 0.5
+    assert torch.equal(filled[3], image[3])
+    assert torch.equal(filled[5], image[5])  # outside the rim: the input
+    with pytest.raises(ValueError, match="threshold"):
+        fill_anomaly(image, synthesized, probability, brain, found, 0.0)
 
 
 def test_t1_likeness_by_correlation():
@@ -95,12 +92,14 @@ def test_dictionary_transform_and_bad_setting():
         "image": torch.stack([image, image.flip(0)]),
         "pred": truth[None],
         "anomaly": lesion[None],
+        "anomaly_mask": lesion[None],
+        "anomaly_threshold": 0.5,
         "brain": brain[None].float(),
         "modality": "t1",
     }
     out = FillAnomalyd(noise_floor=None)(data)
     assert out["healthy_kind"] == "filled" and out["healthy"].shape == (1, 24, 24, 24)
-    assert torch.allclose(out["healthy"][0], fill_anomaly(image, truth, lesion, brain), atol=1e-6)
+    assert torch.allclose(out["healthy"][0], fill_anomaly(image, truth, lesion, brain, lesion, 0.5), atol=1e-6)
     assert out["t1_correlation"] > 0.8
     out = FillAnomalyd(healthy_output="synthesized")(data)
     assert out["healthy_kind"] == "synthesized" and torch.equal(out["healthy"], truth[None])
@@ -146,6 +145,8 @@ def test_excess_noise_is_suppressed_and_a_clean_scan_is_kept():
         "image": noisy[None],
         "pred": truth[None],
         "anomaly": torch.zeros_like(truth)[None],
+        "anomaly_mask": torch.zeros_like(truth)[None],
+        "anomaly_threshold": 0.5,
         "brain": brain[None].float(),
         "modality": "t1",
     }

@@ -3,10 +3,11 @@
 For a T1w input the best healthy image of the subject is mostly the input itself: the synthesis is a
 reconstruction (smoother, and on a brain the network never saw, not exact), while the input holds the subject's
 real anatomy everywhere but in the anomaly. :func:`fill_anomaly` therefore blends the two by the anomaly
-probability ``p`` of the network's anomaly head, on the input's own grid and in its own intensity units::
+probability ``p`` of the network's anomaly head and its mask (the same mask the user gets: the anomaly that is
+reported is the anomaly that is filled), on the input's own grid and in its own intensity units::
 
     filled = (1 - w) * image + w * (gain * synthesized + offset),
-    w = max-filter(clamp((p - floor) / (1 - floor), 0, 1))  (no haze below the floor; covers partial-volume rims)
+    w = 1 in the anomaly mask, p / threshold in a one-voxel rim around it (partial-volume edges), 0 elsewhere
 
 with ``gain`` and ``offset`` fitted by least squares of the synthesis onto the input over the brain where
 ``p < 0.05`` (the synthesis is intensity-matched to the input before it is pasted in). Outside the anomaly the
@@ -52,8 +53,6 @@ HEALTHY_OUTPUTS = ("auto", "filled", "synthesized")
 #: Least correlation (inside the healthy-looking brain) of input and synthesis for the input to count as T1w-like.
 T1_CORRELATION = 0.8
 _HEALTHY_BELOW = 0.05  # anomaly probability under which a voxel counts as healthy for the fits
-#: Anomaly probability up to which :func:`fill_anomaly` keeps the input unchanged.
-FILL_FLOOR = 0.5
 #: Relative noise (std / brain 99th percentile, as :func:`noise_level` measures it) a clean 1 mm T1w may show (the
 #: noise-free MNI152 template reads 1 %; a single 1 mm MPRAGE, white-matter SNR 30-50, about 2-3.5 % with its fine
 #: anatomy): only the noise above it is removed, so a clean scan is returned as it is. On the held-out T1w with 4 %
@@ -83,23 +82,26 @@ def fill_anomaly(
     synthesized: torch.Tensor,
     probability: torch.Tensor,
     brain: torch.Tensor,
+    mask: torch.Tensor,
+    threshold: float,
     rim_voxels: int = 1,
-    floor: float = FILL_FLOOR,
 ) -> torch.Tensor:
     """The input with its anomaly replaced by the intensity-matched synthesis (module docstring).
 
     Args:
         image: the input ``[X, Y, Z]`` in its own intensity units.
         synthesized: the network's healthy T1w ``[X, Y, Z]``.
-        probability: the anomaly probability ``[X, Y, Z]`` in [0, 1].
+        probability: the anomaly map ``[X, Y, Z]`` (the head's probability, or the difference map).
         brain: the brain mask ``[X, Y, Z]``; outside it the input is kept.
-        rim_voxels: half-width of the max filter widening the blend weight (0: the probability itself).
-        floor: probabilities up to this give no blend (the head's low haze over healthy tissue would otherwise mix a
-            few per cent of the synthesis into the whole brain: on the held-out T1w brains that doubled the L1).
+        mask: the anomaly mask ``[X, Y, Z]`` (``AnomalyMaskd``: the map above ``threshold``, cleaned).
+        threshold: the mask's threshold on ``probability``.
+        rim_voxels: width of the rim around the mask where the weight falls off as ``probability / threshold``
+            (partial-volume edges; 0: the mask alone).
     """
-    if not 0 <= floor < 1:
-        raise ValueError(f"floor must be in [0, 1), got {floor}.")
-    keep = _healthy_voxels(probability, brain)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}.")
+    mask = mask > 0.5
+    keep = _healthy_voxels(probability, brain) & ~mask
     gain, offset = 1.0, 0.0
     if int(keep.sum()) >= 100:
         x, y = synthesized[keep].double(), image[keep].double()
@@ -107,11 +109,9 @@ def fill_anomaly(
         if float(var) > 1e-12:
             gain = float(((x - x.mean()) * (y - y.mean())).mean() / var)
         offset = float(y.mean() - gain * x.mean())  # a flat synthesis: the healthy brain's mean
-    weight = ((probability.float() - floor) / (1 - floor)).clamp(0, 1)
-    if rim_voxels > 0:
-        size = 2 * int(rim_voxels) + 1
-        weight = _window(F.max_pool3d, weight, size)
-    weight = weight * (brain > 0.5)
+    region = _window(F.max_pool3d, mask.float(), 2 * int(rim_voxels) + 1) > 0.5 if rim_voxels > 0 else mask
+    weight = torch.where(mask, 1.0, (probability.float() / float(threshold)).clamp(0, 1))
+    weight = weight * (region & (brain > 0.5))
     filled = (1 - weight) * image.float() + weight * (gain * synthesized.float() + offset)
     return filled.clamp_min(min(0.0, float(image.min())))  # no darker than the input's floor (0 for MR)
 
@@ -199,6 +199,8 @@ class FillAnomalyd(Transform):
         image_key: the input scan as read (channel 0 is used), untouched by the preprocessing.
         pred_key: the synthesised healthy T1w ``[1, X, Y, Z]``.
         anomaly_key: the anomaly probability ``[1, X, Y, Z]``.
+        anomaly_mask_key: the anomaly mask ``[1, X, Y, Z]`` (``AnomalyMaskd`` runs first).
+        threshold_key: the mask's threshold on the anomaly map.
         mask_key: the brain mask ``[1, X, Y, Z]``.
         modality_key: the resolved modality (``t1``, ``t2``, ``mr``, ``ct``, ...).
         output_key: where to store the healthy T1w.
@@ -214,6 +216,8 @@ class FillAnomalyd(Transform):
         image_key: str = "image",
         pred_key: str = "pred",
         anomaly_key: str = "anomaly",
+        anomaly_mask_key: str = "anomaly_mask",
+        threshold_key: str = "anomaly_threshold",
         mask_key: str = "brain",
         modality_key: str = "modality",
         output_key: str = "healthy",
@@ -230,6 +234,7 @@ class FillAnomalyd(Transform):
         self.image_key, self.pred_key, self.anomaly_key, self.mask_key = image_key, pred_key, anomaly_key, mask_key
         self.modality_key, self.output_key, self.kind_key, self.corr_key = modality_key, output_key, kind_key, corr_key
         self.noise_key, self.healthy_output, self.noise_floor = noise_key, healthy_output, noise_floor
+        self.anomaly_mask_key, self.threshold_key = anomaly_mask_key, threshold_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -249,7 +254,8 @@ class FillAnomalyd(Transform):
         if kind == "filled":
             if self.noise_floor is not None:
                 image, level = suppress_excess_noise(image, brain, self.noise_floor, level)
-            healthy = fill_anomaly(image, synth, prob, brain)
+            found = torch.as_tensor(d[self.anomaly_mask_key])[0].to(synth.device)
+            healthy = fill_anomaly(image, synth, prob, brain, found, float(d[self.threshold_key]))
         else:
             healthy = synth
         d[self.output_key] = convert_to_dst_type(healthy[None], pred, dtype=torch.float32)[0]
