@@ -35,7 +35,7 @@ from una_bundle.scripts.data.nifti_io import load_volume
 from una_bundle.scripts.scoring.anomaly_scoring import anomaly_components, keep_components
 from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases, predict_cases
 
-DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_SEEDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
