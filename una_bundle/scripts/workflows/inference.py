@@ -229,7 +229,7 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
         "modality_rule": rule if context["modality"] == "auto" else "given",
         "healthy": outputs["healthy_kind"],
         "healthy_rule": "NAME_healthy is the lesion-filled input (the input in its own intensity units outside the "
-        "anomaly, noise above the noise floor filtered, intensity-matched synthesis inside) for T1w inputs "
+        "anomaly mask, noise above the noise floor filtered, intensity-matched synthesis inside it) for T1w inputs "
         "(--modality t1, or auto with input-synthesis correlation >= 0.8), else the synthesized T1w in [0, 1] "
         "(NAME_synthesized, always written)",
         "noise_level": round(outputs["noise_level"], 4),
