@@ -342,6 +342,7 @@ def test_ctrl_c_while_preparing_is_one_line_and_exit_130(tmp_path):
     """Before the first iteration (configs, dataset caching) a SIGINT to the process gives one line, no traceback."""
     script = (
         "import os, signal, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as on a terminal (a background job ignores it)
         "from una_bundle.scripts.workflows.training import guard_preparation\n"
         "guard_preparation(True)\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"

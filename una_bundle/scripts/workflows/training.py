@@ -358,7 +358,8 @@ def _interrupted_while_preparing(signum, frame) -> None:
 def guard_preparation(exit_on_error: bool = True) -> None:
     """From ``initialize`` until :func:`run_training` starts the trainer: Ctrl-C (SIGINT) prints one line and exits
     with code 130 (the dataset's caching would otherwise end in a long traceback). Only with ``exit_on_error`` (the
-    bundle run; the Python API keeps ``KeyboardInterrupt``) and in the main thread."""
+    bundle run; the Python API keeps ``KeyboardInterrupt``) and in the main thread. Also in a background job (which
+    inherits SIGINT ignored): a ``kill -INT`` then stops it as Ctrl-C would, and during training saves a checkpoint."""
     if exit_on_error and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupted_while_preparing)
 
