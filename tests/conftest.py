@@ -6,6 +6,18 @@ import torch
 from monai.data import MetaTensor
 
 
+def small_scan(path):
+    """A 1 mm ellipsoid 'brain' (two intensities) of 40 x 48 x 40 voxels, written to ``path`` (NIfTI); returns it."""
+    import nibabel as nib
+
+    shape = (40, 48, 40)
+    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = g[0] ** 2 / 0.64 + g[1] ** 2 / 0.72 + g[2] ** 2 / 0.64
+    data = (np.where(r < 1, 60.0, 0.0) + np.where(r < 0.5, 40.0, 0.0)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
+    return path
+
+
 def ellipsoid(shape=(40, 44, 36), radii=(0.8, 0.85, 0.8)) -> torch.Tensor:
     """A boolean ellipsoid filling most of the grid: a stand-in brain mask."""
     axes = [torch.linspace(-1, 1, n) for n in shape]

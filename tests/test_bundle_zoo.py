@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import small_scan
 from monai.bundle import ConfigParser
 
 from una_bundle import BUNDLE_ROOT
@@ -185,14 +186,6 @@ def test_update_large_files_rewrites_only_the_hash(tmp_path):
 
 
 # --- MONAI Label --------------------------------------------------------------------------------------------------
-def _small_scan(path: Path) -> Path:
-    """A 1 mm ellipsoid 'brain' (two intensities) of 40 x 48 x 40 voxels."""
-    shape = (40, 48, 40)
-    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = g[0] ** 2 / 0.64 + g[1] ** 2 / 0.72 + g[2] ** 2 / 0.64
-    data = (np.where(r < 1, 60.0, 0.0) + np.where(r < 0.5, 40.0, 0.0)).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
-    return path
 
 
 def test_monai_label_bundle_ids_resolve(bundle_on_path):
@@ -235,7 +228,7 @@ def test_monai_label_bundle_infer_task(tmp_path, monkeypatch):
     assert task.is_valid()
     assert task.labels == {"healthy t1w": 0}
     task.bundle_config["roi_size"] = SMALL_ROI["roi_size"]
-    scan = _small_scan(tmp_path / "brain.nii.gz")
+    scan = small_scan(tmp_path / "brain.nii.gz")
     # a Path, not a str: for a str request MONAI Label adds data["image_path"] (a str), and MONAI 1.6's Spacingd
     # then calls .update() on every "image_*" key (see docs/monai_label.md)
     result, result_json = task({"image": scan, "device": "cpu"})
@@ -254,7 +247,7 @@ def test_deploy_app_runs_the_torchscript_model(tmp_path):
     from una_bundle.deploy import app
 
     (tmp_path / "in").mkdir()
-    scan = _small_scan(tmp_path / "in" / "brain.nii.gz")
+    scan = small_scan(tmp_path / "in" / "brain.nii.gz")
     written = app.run(tmp_path / "in", tmp_path / "out", model_path=TS.parent, overrides=SMALL_ROI)
     assert set(written) == {"brain"} and set(written["brain"]) == {"healthy", "anomaly", "anomaly_mask"}
     reference = nib.load(str(scan))

@@ -10,7 +10,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
-from test_release import _small_scan
+from conftest import small_scan
 
 from una_bundle import BUNDLE_ROOT
 from una_bundle.deploy import app
@@ -27,7 +27,7 @@ def _read(folder, kind):
 def test_api_cli_bundle_run_and_deploy_app_agree(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    scan = _small_scan(inputs / "brain.nii.gz")
+    scan = small_scan(inputs / "brain.nii.gz")
     api = tmp_path / "api"
     report = run_inference(scan, api, modality="t1", roi_size=ROI, qc=False, quiet=True)[0]
     assert report["healthy"] == "filled"  # a T1w: NAME_healthy is the lesion-filled scan (its own units)

@@ -6,25 +6,15 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import small_scan
 
 from una_bundle import BUNDLE_ROOT
 from una_bundle.tools import release
-
-
-def _small_scan(path: Path) -> Path:
-    """A 1 mm ellipsoid 'brain' with a darker core, 40 x 48 x 40 voxels."""
-    shape = (40, 48, 40)
-    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = g[0] ** 2 / 0.64 + g[1] ** 2 / 0.72 + g[2] ** 2 / 0.64
-    data = (np.where(r < 1, 60.0, 0.0) + np.where(r < 0.5, 40.0, 0.0)).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
-    return path
 
 
 @pytest.fixture
@@ -74,7 +64,7 @@ def test_archive_contents_and_a_run_from_the_unzipped_bundle(tmp_path):
     zipfile.ZipFile(archive).extractall(unzipped)
     root = unzipped / "una_bundle"
     (tmp_path / "in").mkdir()
-    _small_scan(tmp_path / "in" / "brain.nii.gz")
+    small_scan(tmp_path / "in" / "brain.nii.gz")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(root)
     command = [
