@@ -140,14 +140,11 @@ def same_torchscript(a: str | Path, b: str | Path) -> bool:
     """Whether two TorchScript files hold the same model: equal weights (bit for bit), extra files (metadata and
     config) and code. Two exports of one checkpoint differ as bytes (TorchScript writes a random serialization id
     and the archive's folder name), never in these."""
-    extra = {"metadata.json": "", "inference.json": ""}
-    models = []
-    for path in (a, b):
-        files = dict(extra)
-        models.append((torch.jit.load(str(path), map_location="cpu", _extra_files=files), files))
-    (ma, fa), (mb, fb) = models
+    from ..deploy.app import load_torchscript  # the one reader of a model.ts and the files ckpt_export stores in it
+
+    (ma, *files_a), (mb, *files_b) = load_torchscript(a), load_torchscript(b)
     sa, sb = ma.state_dict(), mb.state_dict()
-    if fa != fb or sa.keys() != sb.keys() or ma.code != mb.code:
+    if files_a != files_b or sa.keys() != sb.keys() or ma.code != mb.code:
         return False
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 

@@ -137,39 +137,42 @@ def _sample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
     return values[:: max(1, values.numel() // limit)]  # torch.quantile takes at most 16 M values
 
 
+def _noise_statistics(image: torch.Tensor, brain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """``(mean, variance, q99, level)``: the mean and (biased) variance in 3^3 windows, the brain's 99th percentile and
+    :func:`noise_level`'s estimate; computed once for both the estimate and the filter."""
+    x = image.float()
+    mean = _box_mean(x)
+    var = _box_mean(x * x) - mean * mean
+    reference = float(torch.quantile(_sample(x[brain]), 0.99))
+    inner = -_window(F.max_pool3d, -brain.float(), 5) > 0.5
+    if int(inner.sum()) < 100 or reference <= 0:
+        return mean, var, reference, 0.0
+    unbiased = var.clamp_min(0) * 27 / 26
+    level = math.sqrt(float(torch.quantile(_sample(unbiased[inner]), 0.1)) / _CHI2_26_P10) / reference
+    return mean, var, reference, level
+
+
 def noise_level(image: torch.Tensor, brain: torch.Tensor) -> float:
     """Noise std of ``image`` relative to its brain's 99th percentile, from the flattest tenth of the brain: the 10th
     percentile of the variance in 3^3 windows (inside the brain eroded by 2 voxels), divided by that percentile of a
     chi-square variance estimate with 26 degrees of freedom (0.665). Edges and anatomy raise the variance of most
     windows, not of the flattest ones: the noise-free MNI152 template reads 1 %, with 4 % Rician noise 4.1 %."""
-    brain = brain > 0.5
-    inner = -_window(F.max_pool3d, -brain.float(), 5) > 0.5
-    if int(inner.sum()) < 100:
-        return 0.0
-    x = image.float()
-    mean = _box_mean(x)
-    var = (_box_mean(x * x) - mean * mean).clamp_min(0) * 27 / 26
-    reference = float(torch.quantile(_sample(x[brain]), 0.99))
-    if reference <= 0:
-        return 0.0
-    return math.sqrt(float(torch.quantile(_sample(var[inner]), 0.1)) / _CHI2_26_P10) / reference
+    return _noise_statistics(image, brain > 0.5)[3]
 
 
 def suppress_excess_noise(
-    image: torch.Tensor, brain: torch.Tensor, floor: float = NOISE_FLOOR, level: float | None = None
+    image: torch.Tensor, brain: torch.Tensor, floor: float = NOISE_FLOOR
 ) -> tuple[torch.Tensor, float]:
     """``(denoised, noise_level)``: the local Wiener filter ``m + max(v - n^2, 0) / v * (x - m)`` (``m``, ``v``: mean
     and variance in 3^3 windows) with ``n^2 = (level^2 - floor^2) * q99^2``, inside the brain; the input unchanged
-    when its :func:`noise_level` (``level``, computed when not given) is at most ``floor``."""
-    level = noise_level(image, brain) if level is None else level
+    when its :func:`noise_level` is at most ``floor``."""
+    brain = brain > 0.5
+    mean, var, reference, level = _noise_statistics(image, brain)
     if level <= floor:
         return image, level
-    brain = brain > 0.5
     x = image.float()
-    reference = float(torch.quantile(_sample(x[brain]), 0.99))
     n2 = (level**2 - floor**2) * reference**2
-    mean = _box_mean(x)
-    var = (_box_mean(x * x) - mean * mean).clamp_min(1e-12)
+    var = var.clamp_min(1e-12)
     denoised = mean + (var - n2).clamp_min(0) / var * (x - mean)
     return torch.where(brain, denoised, x), level
 
@@ -250,10 +253,11 @@ class FillAnomalyd(Transform):
             )
         t1_like, corr = looks_like_t1(image, synth, prob, brain)
         kind = healthy_kind(self.healthy_output, d.get(self.modality_key, "auto"), t1_like)
-        level = noise_level(image, brain)
+        if kind == "filled" and self.noise_floor is not None:
+            image, level = suppress_excess_noise(image, brain, self.noise_floor)  # the level and the filter, one pass
+        else:
+            level = noise_level(image, brain)
         if kind == "filled":
-            if self.noise_floor is not None:
-                image, level = suppress_excess_noise(image, brain, self.noise_floor, level)
             found = torch.as_tensor(d[self.anomaly_mask_key])[0].to(synth.device)
             healthy = fill_anomaly(image, synth, prob, brain, found, float(d[self.threshold_key]))
         else:
