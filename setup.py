@@ -26,6 +26,10 @@ setup(
             "deploy/requirements.txt",
             "large_files.yml",
             "LICENSE",
+            # the MONAI Label app: a folder for `monailabel start_server --app`, not a module of una_bundle
+            "monailabel_app/*.py",
+            "monailabel_app/lib/*.py",
+            "monailabel_app/lib/infers/*.py",
         ]
     },
     include_package_data=True,
@@ -53,6 +57,15 @@ setup(
             "isort==9.0.2",
             "flake8==7.5.0",
             "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        ],
+        # the MONAI Label app (monailabel_app/, docs/monai_label.md); install torch and torchvision first:
+        # pip install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[monailabel]"
+        # pydicom 3 breaks the server start of monailabel 0.8.5 (pydicom._storage_sopclass_uids); the other two need it
+        "monailabel": [
+            "monailabel==0.8.5",
+            "pydicom<3",
+            "dicomweb-client<0.60",
+            "pynetdicom<3",
         ],
     },
     entry_points={"console_scripts": ["una-bundle=una_bundle.tools.cli:main"]},
