@@ -226,7 +226,7 @@ def test_monai_label_bundle_infer_task(tmp_path, monkeypatch):
     # extend_load_image=False: monailabel's LoadImageTensord ignores allow_missing_keys (the optional 'mask')
     task = BundleInferTask(str(BUNDLE_ROOT), {}, extend_load_image=False, post_filter=None)
     assert task.is_valid()
-    assert task.labels == {"healthy t1w": 0}
+    assert task.labels == {"healthy t1w": 0, "anomaly logit": 1}  # metadata.json pred.channel_def, lower-cased
     task.bundle_config["roi_size"] = SMALL_ROI["roi_size"]
     scan = small_scan(tmp_path / "brain.nii.gz")
     # a Path, not a str: for a str request MONAI Label adds data["image_path"] (a str), and MONAI 1.6's Spacingd
@@ -239,7 +239,7 @@ def test_monai_label_bundle_infer_task(tmp_path, monkeypatch):
         data = np.asarray(result, dtype=np.float32)
     assert data.shape == (40, 48, 40)  # the input's grid (Invertd in the bundle's postprocessing)
     assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
-    assert result_json["label_names"] == {"healthy t1w": 0}
+    assert result_json["label_names"] == {"healthy t1w": 0, "anomaly logit": 1}
 
 
 # --- MONAI Deploy -------------------------------------------------------------------------------------------------
