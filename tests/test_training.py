@@ -2,6 +2,7 @@
 demo data: 32^3 patches, a 2-level U-Net with 8 features, so every run takes seconds on 2 CPU cores."""
 
 import copy
+import itertools
 import json
 import os
 import signal
@@ -495,3 +496,31 @@ def test_n_saved_is_honoured_after_a_resume(tmp_path):
     engine.load_state_dict({"epoch": 2, "epoch_length": 1, "max_epochs": 5})  # as TrainerCheckpointLoader resumes
     engine.run([0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]
+
+
+def test_gpu_profile_is_the_cpu_recipe_with_more_patches_and_a_never_ending_loader(tmp_path):
+    """configs/train_gpu.yaml changes the loader and the patches per step, nothing of the network or the pipeline."""
+    import yaml
+
+    from una_bundle.scripts.data.bundle_config import load_config
+
+    assert training_module.PROFILE_CONFIGS["gpu"] == training_module.PROFILE_CONFIGS["cpu"] + ("train_gpu.yaml",)
+    paths = {"dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out")}
+    cpu = load_config(list(training_module.PROFILE_CONFIGS["cpu"]), paths)
+    gpu = load_config(list(training_module.PROFILE_CONFIGS["gpu"]), paths)
+    overlay = yaml.safe_load((BUNDLE_ROOT / "configs" / "train_gpu.yaml").read_text())
+    cpu_recipe = yaml.safe_load((BUNDLE_ROOT / "configs" / "train_cpu.yaml").read_text())
+    for key in set(cpu_recipe) - set(overlay):  # every other setting of the shipped recipe is kept
+        assert gpu.get(key) == cpu.get(key), key
+    assert gpu.get("network_def") == cpu.get("network_def") and gpu.get("train#augmentation") == cpu.get(
+        "train#augmentation"
+    )
+    assert gpu.get_parsed_content("patches_per_volume") == 2 * cpu.get_parsed_content("patches_per_volume")
+    assert gpu.get_parsed_content("train#patch#num_samples") == 8
+    assert gpu.get_parsed_content("train#dataloader#persistent_workers") is True
+    gpu["train#dataset"] = list(range(3))  # the sampler draws subjects with replacement, far beyond the list's end
+    sampler = gpu.get_parsed_content("train#dataloader#sampler")
+    drawn = list(itertools.islice(iter(sampler), 30))
+    assert isinstance(sampler, torch.utils.data.RandomSampler) and sampler.replacement and len(sampler) >= 10**8
+    assert set(drawn) <= {0, 1, 2} and len(drawn) == 30
+    assert gpu.get_parsed_content("train#dataloader#shuffle") is False and gpu.get_parsed_content("amp") is False

@@ -98,7 +98,8 @@ def train(
     Args:
         dataset_dir: folder with datalist.json (e.g. from ``una-bundle prepare-demo``).
         output_dir: checkpoints, QC images and the MLflow store; re-running in it resumes training.
-        profile: ``full`` (1 mm, 160^3 crops, GPU) or ``cpu`` (2 mm demo data, small network).
+        profile: ``full`` (the paper's: 1 mm, 160^3 crops, GPU), ``cpu`` (the shipped weights' recipe: 1 mm, 64^3
+            crops, small network) or ``gpu`` (that recipe with 8 patches per step and a loader on every core).
         tracking: ``mlflow`` to record the run in ``<output_dir>/mlruns.db``.
         max_epochs: number of epochs (overrides the profile's).
         epoch_length: iterations per epoch (overrides the profile's).

@@ -69,8 +69,13 @@ __all__ = [
 ]
 
 
-#: Config overlays on ``configs/train.yaml`` per profile: ``cpu`` is the exact recipe of the shipped weights.
-PROFILE_CONFIGS: dict[str, tuple[str, ...]] = {"full": ("train.yaml",), "cpu": ("train.yaml", "train_cpu.yaml")}
+#: Config overlays on ``configs/train.yaml`` per profile: ``cpu`` is the exact recipe of the shipped weights, ``gpu``
+#: the same recipe with 8 patches per step and the loader on every core (to continue it on one GPU).
+PROFILE_CONFIGS: dict[str, tuple[str, ...]] = {
+    "full": ("train.yaml",),
+    "cpu": ("train.yaml", "train_cpu.yaml"),
+    "gpu": ("train.yaml", "train_cpu.yaml", "train_gpu.yaml"),
+}
 
 #: Keys :class:`PrepareBatch` passes as the label dict by default.
 LABEL_KEYS = ("target", "weight", "lesion", "lesion_flip", "mask")
@@ -454,7 +459,8 @@ def training_workflow(
     What ``python -m monai.bundle run training --config_file configs/train.yaml --dataset_dir ... --output_dir ...``
     builds, with the bundle root on ``sys.path``: a ``ConfigWorkflow`` whose ``run()`` trains and whose
     ``parser.get_parsed_content("train#trainer")`` is the trainer (to inspect it or attach handlers first).
-    ``profile="cpu"`` adds ``configs/train_cpu.yaml`` (:data:`PROFILE_CONFIGS`, the shipped weights' recipe);
+    ``profile="cpu"`` adds ``configs/train_cpu.yaml`` (:data:`PROFILE_CONFIGS`, the shipped weights' recipe), ``"gpu"``
+    also ``configs/train_gpu.yaml``;
     ``tracking="mlflow"`` records the run in
     ``<output_dir>/mlruns.db``; ``overrides`` replace config ids (``#`` ids through a dict:
     ``**{"network_def#levels": 4}``) and win over the profile.
