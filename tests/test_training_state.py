@@ -1,10 +1,11 @@
-"""The committable training state (tools.training_state): pack a resume checkpoint without its network, unpack it."""
+"""The committable training state (tools.training_state): pack a resume checkpoint without its network, unpack it;
+average the networks of several checkpoints."""
 
 import pytest
 import torch
 
 from una_bundle.scripts.model.network import UNANet
-from una_bundle.tools.training_state import main, pack, unpack
+from una_bundle.tools.training_state import average, main, pack, unpack
 
 
 def _checkpoint(tmp_path):
@@ -63,3 +64,27 @@ def test_pack_and_unpack_refuse_other_weights(tmp_path, capsys):
     state = pack(path, tmp_path / "s.pt", weights)
     assert main(["unpack", str(state), str(tmp_path / "run"), "--weights", str(other)]) == 2
     assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_average_is_the_mean_of_the_networks_and_refuses_other_layouts(tmp_path, capsys):
+    first, _, ckpt = _checkpoint(tmp_path)
+    second = tmp_path / "plain_state_dict.pt"
+    shifted = {k: v + 1.0 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(shifted, second)  # a plain state dict is read as well as a resume checkpoint
+    out = average([first, second], tmp_path / "mean.pt")
+    mean = torch.load(out, weights_only=True)
+    assert mean.keys() == ckpt["model"].keys()
+    for key, value in ckpt["model"].items():
+        assert mean[key].dtype == value.dtype
+        assert torch.allclose(mean[key], value + 0.5 if value.is_floating_point() else value, atol=1e-6), key
+    # the averaged weights load into the network they came from
+    UNANet(levels=2, features=4, out_channels=2).load_state_dict(mean)
+    with pytest.raises(FileExistsError):
+        average([first, second], out)  # never overwrites
+    other = tmp_path / "other.pt"
+    torch.save(UNANet(levels=2, features=8, out_channels=2).state_dict(), other)
+    with pytest.raises(ValueError, match="not the same network"):
+        average([first, other], tmp_path / "bad.pt")
+    assert main(["average", str(first), str(other), "--out", str(tmp_path / "bad.pt")]) == 2
+    assert "not the same network" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+    assert main(["average", str(first), "--out", str(tmp_path / "one.pt")]) == 0

@@ -9,6 +9,11 @@ the weights it belongs to; :func:`unpack` joins them with ``models/model.pt`` in
 
     python -m una_bundle.tools.training_state pack RUN/models/checkpoint_epoch=N.pt training_state/cpu_recipe.pt
     python -m una_bundle.tools.training_state unpack training_state/cpu_recipe.pt RUN    # then the training command
+
+:func:`average` writes the mean of several checkpoints' networks (weight averaging over the last epochs of a run: a
+steadier anomaly head than any one checkpoint at a constant learning rate)::
+
+    python -m una_bundle.tools.training_state average RUN/models/checkpoint_epoch={36..43}.pt --out averaged.pt
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ..scripts.data.atomic_io import write_atomic
 from ..scripts.data.bundle_config import BUNDLE_ROOT
 from ..scripts.model.checkpoint import file_hash, read_state_dict
 
-__all__ = ["pack", "unpack", "main"]
+__all__ = ["pack", "unpack", "average", "main"]
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -77,6 +82,29 @@ def unpack(state: str | Path, run_dir: str | Path, weights: str | Path = BUNDLE_
     return out
 
 
+def average(checkpoints: list[str | Path], out: str | Path) -> Path:
+    """Write the element-wise mean of the networks in ``checkpoints`` (resume checkpoints or state dicts) to ``out``
+    as a state dict; integer buffers are taken from the last. Refuses networks of different layouts and an existing
+    ``out``."""
+    if not checkpoints:
+        raise ValueError("average needs at least one checkpoint.")
+    if Path(out).exists():
+        raise FileExistsError(f"{out} exists; choose a new file.")
+    total: dict[str, torch.Tensor] = {}
+    for path in checkpoints:
+        state = read_state_dict(Path(path))
+        if total and (state.keys() != total.keys() or any(state[k].shape != total[k].shape for k in state)):
+            raise ValueError(f"{path}: not the same network as {checkpoints[0]} (parameter names or shapes differ).")
+        for key, value in state.items():
+            if value.is_floating_point():
+                total[key] = total[key] + value.double() if key in total else value.double()
+            else:
+                total[key] = value
+    mean = {k: (v / len(checkpoints)).float() if v.is_floating_point() else v for k, v in total.items()}
+    _save(mean, Path(out))
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,10 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("run_dir")
     for q in (p, u):
         q.add_argument("--weights", default=str(BUNDLE_ROOT / "models" / "model.pt"))
+    a = sub.add_parser("average", help="mean of several checkpoints' networks -> one state dict")
+    a.add_argument("checkpoints", nargs="+")
+    a.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "pack":
             print(pack(args.checkpoint, args.out, args.weights))
+        elif args.command == "average":
+            print(average(args.checkpoints, args.out))
         else:
             print(unpack(args.state, args.run_dir, args.weights))
     except (ValueError, FileExistsError, FileNotFoundError) as err:
