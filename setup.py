@@ -6,6 +6,13 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 
+
+def _requirements(path: Path) -> list[str]:
+    """The requirement lines of a pip requirements file (comments and blank lines dropped)."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
 setup(
     name="una_bundle",
     version="0.3.0",  # the bundle version (configs/metadata.json)
@@ -67,6 +74,9 @@ setup(
             "dicomweb-client<0.60",
             "pynetdicom<3",
         ],
+        # the MONAI Deploy app (deploy/app.py, docs/monai_deploy.md) under the App SDK 4.0.0, with the pydicom and
+        # highdicom it needs for `import monai` to work: pip install torch==2.13.0 && pip install -e ".[deploy]"
+        "deploy": _requirements(here / "una_bundle" / "deploy" / "requirements.txt"),
     },
     entry_points={"console_scripts": ["una-bundle=una_bundle.tools.cli:main"]},
 )
