@@ -15,13 +15,15 @@ Three operators, wired ``load -> infer -> write``:
 * :class:`WriteNiftiOperator` - writes ``NAME_healthy.nii.gz`` (float32, as `infer`), ``NAME_anomaly.nii.gz`` (float32,
   [0, 1]) and ``NAME_anomaly_mask.nii.gz`` (uint8) on the input's own grid (its header and affine).
 
-With the MONAI Deploy App SDK installed (``pip install monai-deploy-app-sdk``)::
+With the MONAI Deploy App SDK installed (``pip install torch==2.13.0 && pip install -e ".[deploy]"``: SDK 4.0.0 plus
+the pydicom 3 and highdicom that ``import monai`` then needs)::
 
     python -m una_bundle.deploy.app -i scan.nii.gz -o out/ -m una_bundle/models/model.ts
 
 (``-i/-o/-m`` or ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``, ``HOLOSCAN_MODEL_PATH``, as every MONAI Deploy
 app; ``-m`` may also be a folder holding ``model.ts``). Without the SDK, the same command runs the three steps in
-sequence (:func:`run`), which is also what the tests check. See ``docs/monai_deploy.md``.
+sequence (:func:`run`), which is also what the tests check; ``.ci/monai_deploy_check`` runs both ways against
+``una-bundle infer``. See ``docs/monai_deploy.md``.
 """
 
 from __future__ import annotations
@@ -309,7 +311,9 @@ if HAS_SDK:  # pragma: no cover - exercised where monai-deploy-app-sdk is instal
 
         def setup(self, spec: OperatorSpec) -> None:
             # the default input condition (a message must be there): with ConditionType.NONE the writer was always
-            # ready, ticked forever on an empty input and kept the scheduler - and the app - from ever exiting
+            # ready, ticked forever on an empty input and kept the scheduler - and the app - from ever exiting. With
+            # it, once the loader's CountCondition(1) is spent nothing can become ready and the greedy scheduler
+            # stops (stop_on_deadlock): verified under SDK 4.0.0 / holoscan-cu13 4.6.0 by .ci/monai_deploy_check
             spec.input("results")
 
         def compute(self, op_input, op_output, context) -> None:
