@@ -2,7 +2,7 @@
 
 It runs the bundle's **TorchScript** model (``models/model.ts``, from ``python -m monai.bundle ckpt_export``) and reads
 everything else from the files ``ckpt_export`` stored inside it: ``metadata.json`` (the network data format: 2 input
-channels, 1 output channel, spatial sizes ``8*n``, values in [0, 1]) and ``inference.json`` (the bundle's inference
+channels, 2 output channels (healthy T1w, anomaly logit), spatial sizes ``16*n``, values in [0, 1]) and ``inference.json`` (the bundle's inference
 config: the preprocessing, the sliding-window inferer and the postprocessing, so the app and
 ``python -m monai.bundle run --config_file configs/inference.yaml`` process a scan the same way). The transforms the
 config names (``scripts.*``) come from the installed ``una_bundle`` package.
@@ -101,7 +101,7 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> tu
 
 
 def _divisor(spatial_shape: Sequence[Any]) -> int:
-    """``8`` for ``["8*n", "8*n", "8*n"]`` (the metadata's spatial shape pattern)."""
+    """``16`` for ``["16*n", "16*n", "16*n"]`` (the metadata's spatial shape pattern)."""
     sizes = {int(str(s).replace(" ", "").split("*")[0]) for s in spatial_shape}
     if len(sizes) != 1:
         raise ValueError(f"expected one divisor for every axis in spatial_shape {spatial_shape}.")
