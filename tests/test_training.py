@@ -115,7 +115,7 @@ def test_training_workflow_rejects_bad_arguments(tmp_path):
         training_workflow(tmp_path, tmp_path / "out")
     (tmp_path / "datalist.json").write_text("{}")
     with pytest.raises(ValueError, match="profile"):
-        training_workflow(tmp_path, tmp_path / "out", profile="gpu")
+        training_workflow(tmp_path, tmp_path / "out", profile="tpu")
 
 
 # --- training runs ----------------------------------------------------------------------------------------------------
