@@ -30,10 +30,11 @@ from ..scripts.model.checkpoint import file_hash, read_state_dict
 
 __all__ = ["pack", "unpack", "average", "main"]
 
-_MOMENTS = ("exp_avg", "exp_avg_sq")
+MOMENTS = ("exp_avg", "exp_avg_sq")  # AdamW's moment tensors, kept in bfloat16
 
 
-def _save(obj, path: Path) -> None:
+def save_state(obj, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (parent folders made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: torch.save(obj, str(tmp)))
 
@@ -50,14 +51,14 @@ def pack(checkpoint: str | Path, out: str | Path, weights: str | Path = BUNDLE_R
         raise ValueError(f"{weights} is not the network of {checkpoint}: ship that network first, then pack.")
     optimizer = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
     for index, values in state["optimizer"]["state"].items():
-        optimizer["state"][index] = {k: (v.to(torch.bfloat16) if k in _MOMENTS else v) for k, v in values.items()}
+        optimizer["state"][index] = {k: (v.to(torch.bfloat16) if k in MOMENTS else v) for k, v in values.items()}
     packed = {
         "optimizer": optimizer,
         "lr_scheduler": state["lr_scheduler"],
         "trainer": state["trainer"],
         "weights_sha256": file_hash(Path(weights)),
     }
-    _save(packed, Path(out))
+    save_state(packed, Path(out))
     return Path(out)
 
 
@@ -78,7 +79,7 @@ def unpack(state: str | Path, run_dir: str | Path, weights: str | Path = BUNDLE_
         "lr_scheduler": packed["lr_scheduler"],
         "trainer": trainer,
     }
-    _save(checkpoint, out)
+    save_state(checkpoint, out)
     return out
 
 
@@ -101,7 +102,7 @@ def average(checkpoints: list[str | Path], out: str | Path) -> Path:
             else:
                 total[key] = value
     mean = {k: (v / len(checkpoints)).float() if v.is_floating_point() else v for k, v in total.items()}
-    _save(mean, Path(out))
+    save_state(mean, Path(out))
     return Path(out)
 
 
