@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .training_state import MOMENTS, average, save_state
+from ..scripts.workflows.checkpoints import latest_checkpoint
+from .training_state import MOMENTS, mean_state_dict, save_state
 
 __all__ = ["pack", "unpack", "main"]
 
@@ -55,8 +56,7 @@ def pack(run_dir: str | Path, out_dir: str | Path, n_average: int = 8, limit: in
     """Write the small files of the run in ``run_dir`` to ``out_dir``; returns their paths."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     epochs = _epoch_checkpoints(run_dir)
-    final = run_dir / "models" / "checkpoint_final.pt"
-    last = final if final.is_file() else (epochs[-1] if epochs else None)
+    last = latest_checkpoint(run_dir / "models")  # what a resumed run would start from: final, else newest epoch
     if last is None:
         raise FileNotFoundError(f"{run_dir / 'models'}: no checkpoint_epoch=N.pt or checkpoint_final.pt.")
     if n_average < 1 or not epochs:
@@ -80,9 +80,7 @@ def pack(run_dir: str | Path, out_dir: str | Path, n_average: int = 8, limit: in
     rest = {"param_groups": optimizer["param_groups"], "steps": steps}
     save_state({"optimizer": rest, "lr_scheduler": state["lr_scheduler"], "trainer": state["trainer"]}, written[-1])
     chosen = epochs[-n_average:]
-    mean = torch.load(str(average(chosen, out_dir / "averaged_float32.tmp")), weights_only=True)
-    (out_dir / "averaged_float32.tmp").unlink()
-    half = {k: v.half() if v.is_floating_point() else v for k, v in mean.items()}
+    half = {k: v.half() if v.is_floating_point() else v for k, v in mean_state_dict(chosen).items()}
     written.append(out_dir / "averaged_float16.pt")
     save_state({"checkpoints": [p.name for p in chosen], "model": half}, written[-1])
     return written

@@ -83,14 +83,11 @@ def unpack(state: str | Path, run_dir: str | Path, weights: str | Path = BUNDLE_
     return out
 
 
-def average(checkpoints: list[str | Path], out: str | Path) -> Path:
-    """Write the element-wise mean of the networks in ``checkpoints`` (resume checkpoints or state dicts) to ``out``
-    as a state dict; integer buffers are taken from the last. Refuses networks of different layouts and an existing
-    ``out``."""
+def mean_state_dict(checkpoints: list[str | Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the networks in ``checkpoints`` (resume checkpoints or state dicts), in their dtypes;
+    integer buffers are taken from the last. Refuses networks of different layouts."""
     if not checkpoints:
         raise ValueError("average needs at least one checkpoint.")
-    if Path(out).exists():
-        raise FileExistsError(f"{out} exists; choose a new file.")
     total: dict[str, torch.Tensor] = {}
     for path in checkpoints:
         state = read_state_dict(Path(path))
@@ -101,8 +98,14 @@ def average(checkpoints: list[str | Path], out: str | Path) -> Path:
                 total[key] = total[key] + value.double() if key in total else value.double()
             else:
                 total[key] = value
-    mean = {k: (v / len(checkpoints)).float() if v.is_floating_point() else v for k, v in total.items()}
-    save_state(mean, Path(out))
+    return {k: (v / len(checkpoints)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
+def average(checkpoints: list[str | Path], out: str | Path) -> Path:
+    """Write :func:`mean_state_dict` of ``checkpoints`` to ``out`` as a state dict; refuses an existing ``out``."""
+    if Path(out).exists():
+        raise FileExistsError(f"{out} exists; choose a new file.")
+    save_state(mean_state_dict(checkpoints), Path(out))
     return Path(out)
 
 
