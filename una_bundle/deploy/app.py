@@ -5,8 +5,7 @@ everything else from the files ``ckpt_export`` stored inside it: ``metadata.json
 channels, 2 output channels - healthy T1w and anomaly logit -, spatial sizes ``16*n``, values in [0, 1]) and
 ``inference.json`` (the bundle's inference config: the preprocessing, the sliding-window inferer and the
 postprocessing, so the app and ``python -m monai.bundle run --config_file configs/inference.yaml`` process a scan the
-same way). The transforms the
-config names (``scripts.*``) come from the installed ``una_bundle`` package.
+same way). The transforms the config names (``scripts.*``) come from the installed ``una_bundle`` package.
 
 Three operators, wired ``load -> infer -> write``:
 
