@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import Dict
 
-from lib.infers import UNAInferTask
+from lib.infers import LABELS, UNAInferTask
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
@@ -42,7 +42,7 @@ class MyApp(MONAILabelApp):
             description="UNA (fluid-driven anomaly randomization) on skull-stripped brain scans of any contrast: "
             "the anomaly mask as a label map, the healthy-looking T1w beside it",
             version=una_bundle.__version__,
-            labels={"anomaly": 1},
+            labels=dict(LABELS),
         )
 
     def init_infers(self) -> Dict[str, InferTask]:

@@ -1,5 +1,5 @@
 """Inference tasks of the UNA MONAI Label app."""
 
-from .una import UNAInferTask
+from .una import LABELS, UNAInferTask
 
-__all__ = ["UNAInferTask"]
+__all__ = ["LABELS", "UNAInferTask"]
