@@ -1,6 +1,6 @@
 """The integration checks' test scan: the 2 mm MNI152 brain shipped in nilearn (no download) with a dark 12 mm ball.
 
-    python .ci/make_test_scan.py OUT.nii.gz
+python .ci/make_test_scan.py OUT.nii.gz
 """
 
 import sys
