@@ -31,9 +31,13 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from una_bundle.scripts.data.nifti_io import load_volume
-from una_bundle.scripts.scoring.anomaly_scoring import anomaly_components, keep_components
-from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases, predict_cases
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # evaluate_heldout beside this file
+
+from evaluate_heldout import parse_overrides  # noqa: E402
+
+from una_bundle.scripts.data.nifti_io import load_volume  # noqa: E402
+from una_bundle.scripts.scoring.anomaly_scoring import anomaly_components, keep_components  # noqa: E402
+from una_bundle.scripts.workflows.evaluation import FP_MARGIN_VOXELS, _ball, load_cases, predict_cases  # noqa: E402
 
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_SEEDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
@@ -115,6 +119,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max_fp_ml", type=float, default=5.0, help="mean false positives allowed on healthy brains")
     parser.add_argument("--min_lesion_mm3", type=float, default=27.0, help="as inference.yaml's min_lesion_mm3")
     parser.add_argument("--overwrite", action="store_true", help="re-run inference even where maps exist")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="inference config id, e.g. head_gate=0.2 (give it its own --output_dir: existing maps are reused)",
+    )
     args = parser.parse_args(argv)
     set_dir = Path(args.set_dir)
     manifest = json.loads((set_dir / "heldout.json").read_text()) if (set_dir / "heldout.json").is_file() else {}
@@ -129,6 +140,13 @@ def main(argv=None) -> int:
     folder = Path(args.output_dir) / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     weights = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    try:
+        overrides = parse_overrides(args.override)
+    except ValueError as err:
+        print(f"calibrate_threshold: error: {err}", file=sys.stderr)
+        return 2
+    if overrides:
+        weights["overrides"] = overrides
     predict_cases(cases, folder, args.overwrite, skip_existing=True, qc=False, **weights)
     rows = sweep(cases, folder, args.thresholds, args.min_lesion_mm3, args.seeds)
     best = choose(rows, args.max_fp_ml)

@@ -99,11 +99,18 @@ def case_markdown(rows: list[dict], manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def parse_overrides(items) -> dict:
+    """``["KEY=JSON", ...]`` (``--override``) as inference config overrides; a value that is not JSON stays a string."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override expects KEY=VALUE, got {item!r}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def _selected_cases(set_dir: Path, kinds, names) -> list[dict]:
@@ -175,12 +182,7 @@ def main(argv=None) -> int:
         for key in ("checkpoint", "config", "spacing", "roi_size", "overlap", "levels", "features"):
             if getattr(args, key) is not None:
                 inference[key] = getattr(args, key)
-        overrides = {}
-        for item in args.override:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ValueError(f"--override expects KEY=VALUE, got {item!r}.")
-            overrides[key] = _value(value)
+        overrides = parse_overrides(args.override)
         if overrides:
             inference["overrides"] = overrides
         if args.no_qc:

@@ -82,3 +82,13 @@ def test_choose_prefers_dice_within_the_false_positive_limit():
     ]
     assert ct.choose(rows, 5.0)["threshold"] == 0.5
     assert ct.choose(rows, 0.5)["threshold"] == 0.9  # none within: the least false-positive
+
+
+def test_overrides_are_parsed_as_json_or_strings():
+    assert ct.parse_overrides(["head_gate=0.2", "anomaly_source=head", "roi_size=[64, 64, 64]"]) == {
+        "head_gate": 0.2,
+        "anomaly_source": "head",
+        "roi_size": [64, 64, 64],
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        ct.parse_overrides(["head_gate"])
