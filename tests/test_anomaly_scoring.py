@@ -7,7 +7,7 @@ from conftest import ellipsoid
 from monai.data import MetaTensor
 from monai.transforms import GaussianSmooth
 
-from una_bundle.scripts.scoring.anomaly_scoring import anomaly_map, anomaly_mask, anomaly_threshold
+from una_bundle.scripts.scoring.anomaly_scoring import AnomalyScored, anomaly_map, anomaly_mask, anomaly_threshold
 from una_bundle.scripts.scoring.metrics import dice
 
 SHAPE = (32, 36, 30)
@@ -164,3 +164,44 @@ def test_hysteresis_keeps_whole_lesions_with_a_confident_core_and_drops_blobs_wi
     assert int(anomaly_mask(amap, 0.5, 0, seed_threshold=0.96).sum()) == 0
     with pytest.raises(ValueError, match="seed_threshold"):
         anomaly_mask(amap, 0.5, 0, seed_threshold=0.4)
+
+
+def _head_case(modality: str):
+    """A T1w phantom with a dark lesion, a reconstruction without it, and a head that flags the lesion and a healthy
+    blob (an asymmetry the reconstruction reproduces): ``(data dict, lesion, healthy blob)``."""
+    image, brain = _phantom(3)
+    lesion, blob = _sphere((10, 18, 15), 4) & (brain > 0), _sphere((22, 18, 15), 4) & (brain > 0)
+    healthy = image.clone()
+    image = torch.where(lesion, torch.full_like(image, 0.1), image)
+    logits = torch.where(lesion | blob, torch.full_like(image, 4.0), torch.full_like(image, -6.0))
+    pred = MetaTensor(torch.stack([healthy, logits]))
+    data = {
+        "image": torch.stack([image, image.flip(0)]),
+        "pred": pred,
+        "brain": brain[None].float(),
+        "modality": modality,
+    }
+    return data, lesion, blob
+
+
+@pytest.mark.parametrize("modality, gated", [("t1", True), ("auto", True), ("t2", False)])
+def test_head_gate_keeps_what_departs_from_the_reconstruction(modality, gated):
+    data, lesion, blob = _head_case(modality)
+    plain = AnomalyScored(head_threshold=0.8)(dict(data))
+    out = AnomalyScored(head_threshold=0.8, head_gate=0.15, head_gate_threshold=0.4)(dict(data))
+    assert out["anomaly_gated"] is gated and plain["anomaly_gated"] is False
+    assert plain["anomaly_threshold"] == 0.8 and out["anomaly_threshold"] == (0.4 if gated else 0.8)
+    amap, before = out["anomaly"][0], plain["anomaly"][0]
+    assert float(amap[lesion].mean()) > 0.9 * float(before[lesion].mean())  # the lesion keeps its probability
+    if gated:
+        assert float(amap[blob].max()) < 0.05 < float(before[blob].min())  # the reproduced blob is gone
+    else:
+        assert torch.equal(amap, before)
+    assert out["pred"].shape[0] == 1
+
+
+def test_head_gate_arguments():
+    with pytest.raises(ValueError, match="head_gate must be > 0"):
+        AnomalyScored(head_gate=0.0)
+    with pytest.raises(ValueError, match="head_gate_threshold"):
+        AnomalyScored(head_gate=0.2, head_gate_threshold=1.0)

@@ -32,7 +32,9 @@ from monai.transforms import GaussianSmooth, MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
+from ..data.modalities import NON_T1_MODALITIES, T1_MODALITIES
 from ..preprocessing.input_checks import image_affine
+from .lesion_filling import looks_like_t1
 
 __all__ = [
     "anomaly_map",
@@ -261,6 +263,16 @@ class AnomalyScored(Transform):
         head_seed_threshold: hysteresis for the head's map (``None``: none): a component of ``map > head_threshold``
             is kept only if it reaches this value somewhere (:func:`anomaly_mask`); stored in ``seed_threshold_key``.
         seed_threshold_key: where to store it (``None`` for the difference map).
+        head_gate: difference gate of the head's map (``None``: off): for a T1w input (``modality`` ``t1``, or
+            ``auto`` and :func:`~scripts.scoring.lesion_filling.looks_like_t1`) the probability is multiplied by
+            ``min(1, anomaly_map(image, healthy) / head_gate)``, so an anomaly must also depart from the healthy
+            reconstruction: the head alone reads left-right differences, and flags healthy asymmetric tissue (the
+            lateral ventricles, the side opposite a large lesion) that the reconstruction reproduces. Other contrasts
+            are never gated (their difference from a T1w says nothing). ``d[gate_key]`` records whether it applied.
+        head_gate_threshold: the threshold of a gated map (``head_threshold`` stays that of an ungated one): gating
+            lowers the map where the reconstruction agrees, so a gated map is calibrated on its own.
+        modality_key: key of the input's modality (a missing key reads ``auto``).
+        gate_key: where to store whether the gate applied.
     """
 
     def __init__(
@@ -277,15 +289,29 @@ class AnomalyScored(Transform):
         head_threshold: float = 0.5,
         head_seed_threshold: float | None = None,
         seed_threshold_key: str = "anomaly_seed_threshold",
+        head_gate: float | None = None,
+        head_gate_threshold: float = 0.5,
+        modality_key: str = "modality",
+        gate_key: str = "anomaly_gated",
     ) -> None:
+        if head_gate is not None and not head_gate > 0:
+            raise ValueError(f"head_gate must be > 0 (or None: no gate), got {head_gate}.")
+        if not 0 < head_gate_threshold < 1:
+            raise ValueError(f"head_gate_threshold must be in (0, 1), got {head_gate_threshold}.")
+        self.head_gate = None if head_gate is None else float(head_gate)
+        self.head_gate_threshold = float(head_gate_threshold)
+        self.modality_key, self.gate_key = modality_key, gate_key
         if threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}.")
         if source not in ANOMALY_SOURCES:
             raise ValueError(f"source must be one of {ANOMALY_SOURCES}, got {source!r}.")
         if not 0 < head_threshold < 1:
             raise ValueError(f"head_threshold must be in (0, 1), got {head_threshold}.")
-        if head_seed_threshold is not None and not head_threshold <= head_seed_threshold < 1:
-            raise ValueError(f"head_seed_threshold must be in [head_threshold, 1), got {head_seed_threshold}.")
+        if head_seed_threshold is not None and not max(head_threshold, head_gate_threshold) <= head_seed_threshold < 1:
+            raise ValueError(
+                "head_seed_threshold must be in [max(head_threshold, head_gate_threshold), 1), "
+                f"got {head_seed_threshold}."
+            )
         self.source, self.head_threshold = source, float(head_threshold)
         self.head_seed_threshold = None if head_seed_threshold is None else float(head_seed_threshold)
         self.seed_threshold_key = seed_threshold_key
@@ -308,7 +334,10 @@ class AnomalyScored(Transform):
         brain = torch.as_tensor(d[self.mask_key])[0].to(device) > 0.5
         if channels > 1 and self.source != "difference":
             amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain
-            d[self.threshold_key] = self.head_threshold
+            d[self.gate_key] = False
+            if self.head_gate is not None:
+                amap, d[self.gate_key] = self._gate(amap, pred, image, brain, d.get(self.modality_key, "auto"))
+            d[self.threshold_key] = self.head_gate_threshold if d[self.gate_key] else self.head_threshold
             d[self.seed_threshold_key] = self.head_seed_threshold
         else:
             healthy = pred.as_tensor()[0].float().clamp(0, 1)
@@ -319,6 +348,17 @@ class AnomalyScored(Transform):
         d[self.pred_key] = pred[:1]
         d[self.output_key] = convert_to_dst_type(amap[None], pred, dtype=torch.float32)[0]
         return d
+
+    def _gate(self, prob: torch.Tensor, pred, image, brain: torch.Tensor, modality: str) -> tuple[torch.Tensor, bool]:
+        """``prob * min(1, difference / head_gate)`` for a T1w input, else ``prob`` unchanged; and whether gated."""
+        if str(modality).lower() in NON_T1_MODALITIES:
+            return prob, False
+        healthy = pred.as_tensor()[0].float().clamp(0, 1)
+        img = torch.as_tensor(image)[self.channel].to(prob.device).float()
+        if str(modality).lower() not in T1_MODALITIES and not looks_like_t1(img, healthy, prob, brain)[0]:
+            return prob, False
+        diff = torch.as_tensor(anomaly_map(img, healthy, brain)).to(prob.device, torch.float32).reshape(prob.shape)
+        return prob * (diff / self.head_gate).clamp(max=1.0), True
 
 
 #: Where the anomaly map comes from (:class:`AnomalyScored`).

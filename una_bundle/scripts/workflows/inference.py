@@ -175,6 +175,7 @@ def _run_case(parts: dict, image: Path, mask: Path | None, device: torch.device)
         "anomaly_mask": arr(item["anomaly_mask"], np.uint8),
         "threshold": threshold,
         "seed_threshold": item.get("anomaly_seed_threshold"),
+        "anomaly_gated": bool(item.get("anomaly_gated", False)),
         "modality": str(item["modality"]),
     }
     return outputs, work, timings
@@ -236,6 +237,7 @@ def _process_case(case: _Case, parts: dict, context: dict, kinds: list[str]) -> 
         "t1_correlation": round(outputs["t1_correlation"], 4) if np.isfinite(outputs["t1_correlation"]) else None,
         "threshold": outputs["threshold"],
         "seed_threshold": outputs["seed_threshold"],
+        "anomaly_gated": outputs["anomaly_gated"],
         "anomaly_volume_ml": round(volume_ml, 4),
         "anomaly_voxels": int(outputs["anomaly_mask"].sum()),
         "input_shape": list(case.shape),
