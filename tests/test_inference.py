@@ -389,6 +389,7 @@ def test_anomaly_head_gives_the_map_its_threshold_and_the_healthy_choice(case, t
     path, lesion = case
     ckpt = head_checkpoint(tmp_path / "head.pt")
     head = {"network_def": {**CONV, "out_channels": 2}, "percentiles": [0.0, 100.0], "head_threshold": 0.7}
+    head["head_gate"] = None  # the head's own map (the gate: the next test)
     reports = {}
     for modality in ("t1", "t2"):
         out = tmp_path / modality
@@ -398,7 +399,7 @@ def test_anomaly_head_gives_the_map_its_threshold_and_the_healthy_choice(case, t
     out = tmp_path / "t1"
     amap = np.asarray(nib.load(str(out / "sub-01_anomaly.nii.gz")).dataobj)
     mask = np.asarray(nib.load(str(out / "sub-01_anomaly_mask.nii.gz")).dataobj)
-    assert reports["t1"]["threshold"] == pytest.approx(0.7)
+    assert reports["t1"]["threshold"] == pytest.approx(0.7) and not reports["t1"]["anomaly_gated"]
     assert np.linalg.norm(world_of_argmax(out / "sub-01_anomaly.nii.gz") - lesion) <= 6.0
     assert mask.any() and not mask[amap <= 0.7].any()
     # the lesion (~0.5 mL) and nothing of the brain's tissue: the head's sigmoid is ~0 below the lesion intensity
@@ -415,6 +416,22 @@ def test_anomaly_head_gives_the_map_its_threshold_and_the_healthy_choice(case, t
     assert region.sum() > 100 and np.array_equal(healthy["t1"][region], image[region])
     # ... and in the bright lesion the (flat) synthesis, matched to the healthy brain's mean: much darker than 180
     assert healthy["t1"][mask > 0].mean() < image[mask > 0].mean() - 0.3 * image.max()
+
+
+def test_difference_gate_applies_to_t1w_inputs_only(case, tmp_path):
+    path, _ = case
+    ckpt = head_checkpoint(tmp_path / "head.pt")
+    head = {"network_def": {**CONV, "out_channels": 2}, "percentiles": [0.0, 100.0], "head_threshold": 0.7}
+    head.update(head_gate=0.2, head_gate_threshold=0.6)
+    reports = {
+        m: run_inference(path, tmp_path / m, modality=m, checkpoint=ckpt, overrides=head, quiet=True, **FAST)[0]
+        for m in ("t1", "t2")
+    }
+    assert reports["t1"]["anomaly_gated"] and reports["t1"]["threshold"] == pytest.approx(0.6)
+    assert not reports["t2"]["anomaly_gated"] and reports["t2"]["threshold"] == pytest.approx(0.7)
+    gated = np.asarray(nib.load(str(tmp_path / "t1" / "sub-01_anomaly.nii.gz")).dataobj)
+    plain = np.asarray(nib.load(str(tmp_path / "t2" / "sub-01_anomaly.nii.gz")).dataobj)
+    assert (gated <= plain + 1e-6).all() and gated.sum() < plain.sum()  # gating only lowers the head's map
 
 
 def test_existing_output_is_refused_unless_overwrite(case, tmp_path, unanet_ckpt):
