@@ -32,9 +32,8 @@ from monai.transforms import GaussianSmooth, MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
-from ..data.modalities import NON_T1_MODALITIES, T1_MODALITIES
 from ..preprocessing.input_checks import image_affine
-from .lesion_filling import looks_like_t1
+from .lesion_filling import looks_like_t1, t1_by_modality
 
 __all__ = [
     "anomaly_map",
@@ -340,25 +339,32 @@ class AnomalyScored(Transform):
             d[self.threshold_key] = self.head_gate_threshold if d[self.gate_key] else self.head_threshold
             d[self.seed_threshold_key] = self.head_seed_threshold
         else:
-            healthy = pred.as_tensor()[0].float().clamp(0, 1)
-            img = torch.as_tensor(image)[self.channel].to(device).float()
-            amap = torch.as_tensor(anomaly_map(img, healthy, brain)).to(device, torch.float32).reshape(healthy.shape)
+            amap = self._difference(pred, image, brain)
             d[self.threshold_key] = anomaly_threshold(amap, brain, self.threshold_method, self.threshold)
             d[self.seed_threshold_key] = None
         d[self.pred_key] = pred[:1]
         d[self.output_key] = convert_to_dst_type(amap[None], pred, dtype=torch.float32)[0]
         return d
 
+    def _healthy_and_image(self, pred, image, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction clipped to ``[0, 1]`` and the normalised input (channel ``channel``), float32."""
+        healthy = pred.as_tensor()[0].float().clamp(0, 1)
+        return healthy, torch.as_tensor(image)[self.channel].to(device).float()
+
+    def _difference(self, pred, image, brain: torch.Tensor) -> torch.Tensor:
+        """:func:`anomaly_map` of the input and the reconstruction, on the prediction's device."""
+        healthy, img = self._healthy_and_image(pred, image, brain.device)
+        return torch.as_tensor(anomaly_map(img, healthy, brain)).to(brain.device, torch.float32).reshape(healthy.shape)
+
     def _gate(self, prob: torch.Tensor, pred, image, brain: torch.Tensor, modality: str) -> tuple[torch.Tensor, bool]:
         """``prob * min(1, difference / head_gate)`` for a T1w input, else ``prob`` unchanged; and whether gated."""
-        if str(modality).lower() in NON_T1_MODALITIES:
+        t1 = t1_by_modality(modality)
+        if t1 is None:
+            healthy, img = self._healthy_and_image(pred, image, brain.device)
+            t1 = looks_like_t1(img, healthy, prob, brain)[0]
+        if not t1:
             return prob, False
-        healthy = pred.as_tensor()[0].float().clamp(0, 1)
-        img = torch.as_tensor(image)[self.channel].to(prob.device).float()
-        if str(modality).lower() not in T1_MODALITIES and not looks_like_t1(img, healthy, prob, brain)[0]:
-            return prob, False
-        diff = torch.as_tensor(anomaly_map(img, healthy, brain)).to(prob.device, torch.float32).reshape(prob.shape)
-        return prob * (diff / self.head_gate).clamp(max=1.0), True
+        return prob * (self._difference(pred, image, brain) / self.head_gate).clamp(max=1.0), True
 
 
 #: Where the anomaly map comes from (:class:`AnomalyScored`).

@@ -42,6 +42,7 @@ __all__ = [
     "noise_level",
     "suppress_excess_noise",
     "looks_like_t1",
+    "t1_by_modality",
     "healthy_kind",
     "FillAnomalyd",
     "HEALTHY_OUTPUTS",
@@ -177,18 +178,25 @@ def suppress_excess_noise(
     return torch.where(brain, denoised, x), level
 
 
+def t1_by_modality(modality: str) -> bool | None:
+    """Whether a declared ``modality`` is T1w: ``True`` / ``False``, or ``None`` when it does not say (``auto``,
+    ``mr``): then :func:`looks_like_t1` decides."""
+    modality = str(modality).lower()
+    if modality in T1_MODALITIES:
+        return True
+    if modality in NON_T1_MODALITIES:
+        return False
+    return None
+
+
 def healthy_kind(setting: str, modality: str, t1_like: bool) -> str:
     """``"filled"`` or ``"synthesized"``: which image is the healthy T1w, by ``healthy_output`` and modality."""
     if setting not in HEALTHY_OUTPUTS:
         raise ValueError(f"healthy_output must be one of {HEALTHY_OUTPUTS}, got {setting!r}.")
     if setting != "auto":
         return setting
-    modality = str(modality).lower()
-    if modality in T1_MODALITIES:
-        return "filled"
-    if modality in NON_T1_MODALITIES:
-        return "synthesized"
-    return "filled" if t1_like else "synthesized"
+    declared = t1_by_modality(modality)
+    return "filled" if (t1_like if declared is None else declared) else "synthesized"
 
 
 class FillAnomalyd(Transform):
