@@ -190,6 +190,7 @@ def test_head_gate_keeps_what_departs_from_the_reconstruction(modality, gated):
     plain = AnomalyScored(head_threshold=0.8)(dict(data))
     out = AnomalyScored(head_threshold=0.8, head_gate=0.15, head_gate_threshold=0.4)(dict(data))
     assert out["anomaly_gated"] is gated and plain["anomaly_gated"] is False
+    assert out["t1_like"] is gated and out["t1_correlation"] > 0.8  # one T1w decision, handed on to FillAnomalyd
     assert plain["anomaly_threshold"] == 0.8 and out["anomaly_threshold"] == (0.4 if gated else 0.8)
     amap, before = out["anomaly"][0], plain["anomaly"][0]
     assert float(amap[lesion].mean()) > 0.9 * float(before[lesion].mean())  # the lesion keeps its probability

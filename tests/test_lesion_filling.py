@@ -103,6 +103,12 @@ def test_dictionary_transform_and_bad_setting():
     assert out["t1_correlation"] > 0.8
     out = FillAnomalyd(healthy_output="synthesized")(data)
     assert out["healthy_kind"] == "synthesized" and torch.equal(out["healthy"], truth[None])
+    # AnomalyScored's decision, when present, is the one used (not a second test on this grid)
+    decided = {**data, "modality": "auto", "t1_like": False, "t1_correlation": 0.5}
+    out = FillAnomalyd(noise_floor=None)(decided)
+    assert out["healthy_kind"] == "synthesized" and out["t1_correlation"] == 0.5
+    decided.pop("t1_like")
+    assert FillAnomalyd(noise_floor=None)(decided)["healthy_kind"] == "filled"  # its own test: correlation > 0.8
     with pytest.raises(ValueError, match="healthy_output"):
         FillAnomalyd(healthy_output="both")
     with pytest.raises(ValueError, match="noise_floor"):

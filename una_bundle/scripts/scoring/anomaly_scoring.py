@@ -272,6 +272,12 @@ class AnomalyScored(Transform):
             lowers the map where the reconstruction agrees, so a gated map is calibrated on its own.
         modality_key: key of the input's modality (a missing key reads ``auto``).
         gate_key: where to store whether the gate applied.
+        t1_key: where to store whether the input is T1w: its declared modality, else (``auto``, ``mr``)
+            :func:`~scripts.scoring.lesion_filling.looks_like_t1` on the working grid, with the ungated map marking
+            what is not healthy. Made once here, so the gate and ``FillAnomalyd`` (the healthy output, the report)
+            cannot disagree.
+        corr_key: where to store the input-synthesis correlation of that test (computed for every modality: the
+            report shows it).
     """
 
     def __init__(
@@ -292,6 +298,8 @@ class AnomalyScored(Transform):
         head_gate_threshold: float = 0.5,
         modality_key: str = "modality",
         gate_key: str = "anomaly_gated",
+        t1_key: str = "t1_like",
+        corr_key: str = "t1_correlation",
     ) -> None:
         if head_gate is not None and not head_gate > 0:
             raise ValueError(f"head_gate must be > 0 (or None: no gate), got {head_gate}.")
@@ -299,7 +307,7 @@ class AnomalyScored(Transform):
             raise ValueError(f"head_gate_threshold must be in (0, 1), got {head_gate_threshold}.")
         self.head_gate = None if head_gate is None else float(head_gate)
         self.head_gate_threshold = float(head_gate_threshold)
-        self.modality_key, self.gate_key = modality_key, gate_key
+        self.modality_key, self.gate_key, self.t1_key, self.corr_key = modality_key, gate_key, t1_key, corr_key
         if threshold_method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold_method must be one of {THRESHOLD_METHODS}, got {threshold_method!r}.")
         if source not in ANOMALY_SOURCES:
@@ -331,15 +339,23 @@ class AnomalyScored(Transform):
                 f"AnomalyScored: source='head' needs a model with an anomaly head, got {channels} channel."
             )
         brain = torch.as_tensor(d[self.mask_key])[0].to(device) > 0.5
+        healthy, img = self._healthy_and_image(pred, image, device)
+        difference = None
         if channels > 1 and self.source != "difference":
             amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain
-            d[self.gate_key] = False
-            if self.head_gate is not None:
-                amap, d[self.gate_key] = self._gate(amap, pred, image, brain, d.get(self.modality_key, "auto"))
+        else:
+            amap = difference = self._difference(healthy, img, brain)
+        t1_like, d[self.corr_key] = looks_like_t1(img, healthy, amap, brain)
+        declared = t1_by_modality(d.get(self.modality_key, "auto"))
+        d[self.t1_key] = t1_like if declared is None else declared
+        d[self.gate_key] = False
+        if difference is None:
+            if self.head_gate is not None and d[self.t1_key]:
+                amap = amap * (self._difference(healthy, img, brain) / self.head_gate).clamp(max=1.0)
+                d[self.gate_key] = True
             d[self.threshold_key] = self.head_gate_threshold if d[self.gate_key] else self.head_threshold
             d[self.seed_threshold_key] = self.head_seed_threshold
         else:
-            amap = self._difference(pred, image, brain)
             d[self.threshold_key] = anomaly_threshold(amap, brain, self.threshold_method, self.threshold)
             d[self.seed_threshold_key] = None
         d[self.pred_key] = pred[:1]
@@ -351,20 +367,10 @@ class AnomalyScored(Transform):
         healthy = pred.as_tensor()[0].float().clamp(0, 1)
         return healthy, torch.as_tensor(image)[self.channel].to(device).float()
 
-    def _difference(self, pred, image, brain: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _difference(healthy: torch.Tensor, img: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """:func:`anomaly_map` of the input and the reconstruction, on the prediction's device."""
-        healthy, img = self._healthy_and_image(pred, image, brain.device)
         return torch.as_tensor(anomaly_map(img, healthy, brain)).to(brain.device, torch.float32).reshape(healthy.shape)
-
-    def _gate(self, prob: torch.Tensor, pred, image, brain: torch.Tensor, modality: str) -> tuple[torch.Tensor, bool]:
-        """``prob * min(1, difference / head_gate)`` for a T1w input, else ``prob`` unchanged; and whether gated."""
-        t1 = t1_by_modality(modality)
-        if t1 is None:
-            healthy, img = self._healthy_and_image(pred, image, brain.device)
-            t1 = looks_like_t1(img, healthy, prob, brain)[0]
-        if not t1:
-            return prob, False
-        return prob * (self._difference(pred, image, brain) / self.head_gate).clamp(max=1.0), True
 
 
 #: Where the anomaly map comes from (:class:`AnomalyScored`).

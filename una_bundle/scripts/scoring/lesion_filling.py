@@ -216,7 +216,10 @@ class FillAnomalyd(Transform):
         modality_key: the resolved modality (``t1``, ``t2``, ``mr``, ``ct``, ...).
         output_key: where to store the healthy T1w.
         kind_key: where to store ``"filled"`` or ``"synthesized"``.
-        corr_key: where to store the correlation.
+        corr_key: where to store the correlation (read from there, with ``t1_key``, when ``AnomalyScored`` made it).
+        t1_key: whether the input is T1w, as ``AnomalyScored`` decided it on the working grid; when ``d`` has it, the
+            decision and its correlation are taken from ``d`` (one decision for the gate and the healthy output),
+            otherwise :func:`looks_like_t1` runs here on the input's grid.
         noise_key: where to store the input's noise level.
         healthy_output: ``auto``, ``filled`` or ``synthesized``.
         noise_floor: relative noise kept in the filled image (:func:`suppress_excess_noise`); ``None``: no filtering.
@@ -237,6 +240,7 @@ class FillAnomalyd(Transform):
         noise_key: str = "noise_level",
         healthy_output: str = "auto",
         noise_floor: float | None = NOISE_FLOOR,
+        t1_key: str = "t1_like",
     ) -> None:
         if healthy_output not in HEALTHY_OUTPUTS:
             raise ValueError(f"healthy_output must be one of {HEALTHY_OUTPUTS}, got {healthy_output!r}.")
@@ -245,7 +249,7 @@ class FillAnomalyd(Transform):
         self.image_key, self.pred_key, self.anomaly_key, self.mask_key = image_key, pred_key, anomaly_key, mask_key
         self.modality_key, self.output_key, self.kind_key, self.corr_key = modality_key, output_key, kind_key, corr_key
         self.noise_key, self.healthy_output, self.noise_floor = noise_key, healthy_output, noise_floor
-        self.anomaly_mask_key, self.threshold_key = anomaly_mask_key, threshold_key
+        self.anomaly_mask_key, self.threshold_key, self.t1_key = anomaly_mask_key, threshold_key, t1_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -259,7 +263,10 @@ class FillAnomalyd(Transform):
                 f"FillAnomalyd: {self.image_key} {tuple(image.shape)} and {self.pred_key} "
                 f"{tuple(synth.shape)} are not on one grid (fill after Invertd)."
             )
-        t1_like, corr = looks_like_t1(image, synth, prob, brain)
+        if self.t1_key in d:
+            t1_like, corr = bool(d[self.t1_key]), float(d[self.corr_key])
+        else:
+            t1_like, corr = looks_like_t1(image, synth, prob, brain)
         kind = healthy_kind(self.healthy_output, d.get(self.modality_key, "auto"), t1_like)
         if kind == "filled" and self.noise_floor is not None:
             image, level = suppress_excess_noise(image, brain, self.noise_floor)  # the level and the filter, one pass
