@@ -33,7 +33,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage as ndi
 
 from ..preprocessing.input_checks import image_affine
-from .lesion_filling import looks_like_t1, t1_by_modality
+from .lesion_filling import is_t1w, looks_like_t1
 
 __all__ = [
     "anomaly_map",
@@ -339,20 +339,19 @@ class AnomalyScored(Transform):
                 f"AnomalyScored: source='head' needs a model with an anomaly head, got {channels} channel."
             )
         brain = torch.as_tensor(d[self.mask_key])[0].to(device) > 0.5
-        healthy, img = self._healthy_and_image(pred, image, device)
-        difference = None
-        if channels > 1 and self.source != "difference":
+        healthy = pred.as_tensor()[0].float().clamp(0, 1)
+        img = torch.as_tensor(image)[self.channel].to(device).float()
+        use_head = channels > 1 and self.source != "difference"
+        if use_head:
             amap = torch.sigmoid(pred.as_tensor()[1].float()) * brain
         else:
-            amap = difference = self._difference(healthy, img, brain)
+            amap = self._difference(healthy, img, brain)
         t1_like, d[self.corr_key] = looks_like_t1(img, healthy, amap, brain)
-        declared = t1_by_modality(d.get(self.modality_key, "auto"))
-        d[self.t1_key] = t1_like if declared is None else declared
-        d[self.gate_key] = False
-        if difference is None:
-            if self.head_gate is not None and d[self.t1_key]:
-                amap = amap * (self._difference(healthy, img, brain) / self.head_gate).clamp(max=1.0)
-                d[self.gate_key] = True
+        d[self.t1_key] = is_t1w(d.get(self.modality_key, "auto"), t1_like)
+        d[self.gate_key] = use_head and self.head_gate is not None and d[self.t1_key]
+        if d[self.gate_key]:
+            amap = amap * (self._difference(healthy, img, brain) / self.head_gate).clamp(max=1.0)
+        if use_head:
             d[self.threshold_key] = self.head_gate_threshold if d[self.gate_key] else self.head_threshold
             d[self.seed_threshold_key] = self.head_seed_threshold
         else:
@@ -362,14 +361,9 @@ class AnomalyScored(Transform):
         d[self.output_key] = convert_to_dst_type(amap[None], pred, dtype=torch.float32)[0]
         return d
 
-    def _healthy_and_image(self, pred, image, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reconstruction clipped to ``[0, 1]`` and the normalised input (channel ``channel``), float32."""
-        healthy = pred.as_tensor()[0].float().clamp(0, 1)
-        return healthy, torch.as_tensor(image)[self.channel].to(device).float()
-
     @staticmethod
     def _difference(healthy: torch.Tensor, img: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        """:func:`anomaly_map` of the input and the reconstruction, on the prediction's device."""
+        """:func:`anomaly_map` of the normalised input and the clipped reconstruction, on ``brain``'s device."""
         return torch.as_tensor(anomaly_map(img, healthy, brain)).to(brain.device, torch.float32).reshape(healthy.shape)
 
 

@@ -42,7 +42,7 @@ __all__ = [
     "noise_level",
     "suppress_excess_noise",
     "looks_like_t1",
-    "t1_by_modality",
+    "is_t1w",
     "healthy_kind",
     "FillAnomalyd",
     "HEALTHY_OUTPUTS",
@@ -178,15 +178,15 @@ def suppress_excess_noise(
     return torch.where(brain, denoised, x), level
 
 
-def t1_by_modality(modality: str) -> bool | None:
-    """Whether a declared ``modality`` is T1w: ``True`` / ``False``, or ``None`` when it does not say (``auto``,
-    ``mr``): then :func:`looks_like_t1` decides."""
+def is_t1w(modality: str, t1_like: bool) -> bool:
+    """Whether the input is T1w: its declared ``modality`` decides (``t1`` ... yes, ``t2``, ``ct`` ... no); one that
+    does not say (``auto``, ``mr``) defers to ``t1_like``, the :func:`looks_like_t1` test."""
     modality = str(modality).lower()
     if modality in T1_MODALITIES:
         return True
     if modality in NON_T1_MODALITIES:
         return False
-    return None
+    return bool(t1_like)
 
 
 def healthy_kind(setting: str, modality: str, t1_like: bool) -> str:
@@ -195,8 +195,7 @@ def healthy_kind(setting: str, modality: str, t1_like: bool) -> str:
         raise ValueError(f"healthy_output must be one of {HEALTHY_OUTPUTS}, got {setting!r}.")
     if setting != "auto":
         return setting
-    declared = t1_by_modality(modality)
-    return "filled" if (t1_like if declared is None else declared) else "synthesized"
+    return "filled" if is_t1w(modality, t1_like) else "synthesized"
 
 
 class FillAnomalyd(Transform):
