@@ -8,7 +8,9 @@ One iteration is what ``SupervisedTrainer`` does per batch of ``configs/train.ya
 gradient-norm clipping and an AdamW step, on random tensors of the crop size. Profiles:
 
 * ``cpu``: the recipe of the shipped weights, read from ``configs/train_cpu.yaml`` (crop, batch =
-  ``patches_per_volume``, network, threads), float32;
+  ``patches_per_volume``, network, threads, bfloat16 autocast - float32 where the CPU has no native bfloat16,
+  ``scripts.model.network.runs_bfloat16_natively``: the table says which ran);
+* ``cpu_float32``: the same in float32 (the ratio to ``cpu`` is what the autocast buys on this machine);
 * ``cpu_v1``: the recipe of the weights shipped before it (the baseline "before"): 64^3 crops, batch 1, 4 levels,
   16 features, one output (no anomaly head), one thread;
 * ``full``: the default ``configs/train.yaml``: 160^3 crops, 6 levels, 64 features capped at 512, two outputs, AMP
@@ -49,6 +51,7 @@ def _cpu_recipe() -> dict:
         max_features=recipe["network_def#max_features"],
         out_channels=2,
         amp=False,
+        autocast=recipe.get("network_def#autocast"),
         device="cpu",
         threads=recipe["num_threads"],
     )
@@ -56,6 +59,7 @@ def _cpu_recipe() -> dict:
 
 PROFILES = {
     "cpu": _cpu_recipe(),
+    "cpu_float32": {**_cpu_recipe(), "autocast": None},
     "cpu_v1": dict(
         crop=64, batch=1, levels=4, features=16, max_features=512, out_channels=1, amp=False, device="cpu", threads=1
     ),
@@ -73,6 +77,13 @@ PROFILES = {
 }
 
 
+def _autocast_label(autocast: str | None, native: bool) -> str:
+    """What the network body ran in: the autocast dtype, or float32 (and why, where autocast was asked for)."""
+    if autocast is None:
+        return "float32"
+    return autocast if native else f"float32 (no native {autocast})"
+
+
 def rss_mib() -> float:
     """Current resident set size of this process (Linux ``/proc``), MiB."""
     with open("/proc/self/statm") as fh:
@@ -82,7 +93,7 @@ def rss_mib() -> float:
 def measure(profile: str, steps: int, warmup: int) -> dict:
     """Time ``steps`` iterations of ``profile`` after ``warmup`` ones; returns the row of the table."""
     from una_bundle.scripts.model.losses import UNALoss
-    from una_bundle.scripts.model.network import UNANet
+    from una_bundle.scripts.model.network import UNANet, runs_bfloat16_natively
 
     p = PROFILES[profile]
     if p["threads"] is not None:
@@ -96,6 +107,7 @@ def measure(profile: str, steps: int, warmup: int) -> dict:
         levels=p["levels"],
         features=p["features"],
         max_features=p["max_features"],
+        autocast=p.get("autocast"),
     )
     net = net.to(device)
     loss_fn = UNALoss(gradient_weight=1.0, anomaly_weight=1.0 if p["out_channels"] == 2 else 0.0)
@@ -142,7 +154,7 @@ def measure(profile: str, steps: int, warmup: int) -> dict:
         "crop": f"{p['batch']} x {p['crop']}^3",
         "network": f"{p['levels']} levels, {p['features']} features (max {p['max_features']})",
         "parameters_M": net.num_parameters() / 1e6,
-        "amp": p["amp"],
+        "precision": "float16" if p["amp"] else _autocast_label(p.get("autocast"), runs_bfloat16_natively(device.type)),
         "threads": torch.get_num_threads(),
         "s_per_iteration": sorted(times)[len(times) // 2],
         "s_min": min(times),
@@ -193,13 +205,13 @@ def main():
             raise RuntimeError(f"profile '{profile}' failed:\n{result.stderr[-3000:]}")
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     print(
-        "| profile | batch x crop | network | parameters | AMP | threads | s/iteration (median) | fastest | "
+        "| profile | batch x crop | network | parameters | precision | threads | s/iteration (median) | fastest | "
         "patches/s | peak memory |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['profile']} | {r['crop']} | {r['network']} | {r['parameters_M']:.2f} M | {r['amp']} | "
+            f"| {r['profile']} | {r['crop']} | {r['network']} | {r['parameters_M']:.2f} M | {r['precision']} | "
             f"{r['threads']} | {r['s_per_iteration']:.2f} | {r['s_min']:.2f} | {r['samples_per_s']:.2f} | "
             f"{r['peak_memory']} |"
         )

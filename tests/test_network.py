@@ -116,7 +116,10 @@ def test_overfits_tiny_example():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_bfloat16_autocast_keeps_weights_and_float32_output():
+def test_bfloat16_autocast_keeps_weights_and_float32_output(monkeypatch):
+    import una_bundle.scripts.model.network as network
+
+    monkeypatch.setattr(network, "runs_bfloat16_natively", lambda device_type: True)  # emulated is fine at 16^3
     torch.manual_seed(0)
     plain = UNANet(in_channels=2, out_channels=2, levels=3, features=8)
     fast = UNANet(in_channels=2, out_channels=2, levels=3, features=8, autocast="bfloat16")
@@ -132,3 +135,21 @@ def test_bfloat16_autocast_keeps_weights_and_float32_output():
         assert torch.allclose(torch.jit.script(fast)(x), ref, atol=1e-5)
     with pytest.raises(ValueError, match="autocast"):
         UNANet(autocast="float16")
+
+
+def test_bfloat16_autocast_falls_back_to_float32_without_native_bfloat16(monkeypatch):
+    import una_bundle.scripts.model.network as network
+
+    asked = []
+    monkeypatch.setattr(network, "runs_bfloat16_natively", lambda device_type: asked.append(device_type) or False)
+    torch.manual_seed(0)
+    plain = UNANet(in_channels=2, out_channels=2, levels=3, features=8)
+    fast = UNANet(in_channels=2, out_channels=2, levels=3, features=8, autocast="bfloat16")
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 2, 16, 16, 16)
+    with torch.no_grad(), pytest.warns(UserWarning, match="no native bfloat16.*float32"):
+        out = fast(x)
+    with torch.no_grad():
+        again = fast(x)  # asked and warned once per device type
+        assert torch.equal(out, plain(x)) and torch.equal(again, out)
+    assert asked == ["cpu"]

@@ -42,6 +42,7 @@ full-resolution feature map is about 1 GB in float32.
 
 from __future__ import annotations
 
+import warnings
 from typing import List
 
 import torch
@@ -56,6 +57,23 @@ __all__ = ["UNANet", "PreNormBlock"]
 _DOWNSAMPLE = ("maxpool", "conv")
 _UPSAMPLE = ("nontrainable", "deconv")
 _AUTOCAST = {None: None, "bfloat16": torch.bfloat16}
+
+
+def runs_bfloat16_natively(device_type: str) -> bool:
+    """Whether ``device_type`` computes bfloat16 convolutions in hardware (CUDA with bf16, or a CPU with AVX512).
+
+    Elsewhere (e.g. an AVX2-only CPU) oneDNN emulates bfloat16 and a training step of the CPU recipe takes over ten
+    times as long as in float32 (``benchmarks/bench_training.py`` prints both), so :class:`UNANet` falls back to
+    float32 there.
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch build without oneDNN
+            return False
+    return False
 
 
 def _norm_groups(channels: int, num_groups: int) -> int:
@@ -165,8 +183,10 @@ class UNANet(nn.Module):
             save memory; see :meth:`set_gradient_checkpointing`.
         autocast: ``None`` (float32) or ``"bfloat16"``: run the U-Net body under ``torch.autocast`` of the input's
             device in that dtype (eager mode only), the output convolution in float32. On CPUs with AVX512-BF16 a
-            training step is about twice as fast (``benchmarks/bench_training.py``); the weights stay float32, so a
-            checkpoint loads with or without it. MONAI's engines only autocast on CUDA, hence this option.
+            training step is about twice as fast (``benchmarks/bench_training.py``); where the device does not run
+            bfloat16 natively (:func:`runs_bfloat16_natively`) it runs in float32 with a warning instead. The
+            weights stay float32, so a checkpoint loads with or without it. MONAI's engines only autocast on CUDA,
+            hence this option.
     """
 
     def __init__(
@@ -188,6 +208,7 @@ class UNANet(nn.Module):
         if autocast not in _AUTOCAST:
             raise ValueError(f"autocast must be one of {tuple(_AUTOCAST)}, got {autocast!r}.")
         self.autocast = autocast
+        self._autocast_checked: dict[str, bool] = {}  # device type -> runs natively (asked once per device)
         if levels < 1:
             raise ValueError(f"levels must be >= 1, got {levels}.")
         if features < 1 or (max_features is not None and max_features < 1):
@@ -267,6 +288,18 @@ class UNANet(nn.Module):
 
     @torch.jit.unused
     def _body_autocast(self, x: torch.Tensor) -> torch.Tensor:
+        """The body under autocast where ``x``'s device runs it natively, else in float32 (warned once per device)."""
+        device_type = x.device.type
+        if device_type not in self._autocast_checked:
+            self._autocast_checked[device_type] = runs_bfloat16_natively(device_type)
+            if not self._autocast_checked[device_type]:
+                warnings.warn(
+                    f"UNANet(autocast={self.autocast!r}): this {device_type} has no native bfloat16 (emulated "
+                    f"bfloat16 is over ten times slower), so the network runs in float32.",
+                    stacklevel=3,
+                )
+        if not self._autocast_checked[device_type]:
+            return self._body(x)
         with torch.autocast(device_type=x.device.type, dtype=_AUTOCAST[self.autocast]):
             return self._body(x).float()
 
