@@ -290,17 +290,18 @@ class UNANet(nn.Module):
     def _body_autocast(self, x: torch.Tensor) -> torch.Tensor:
         """The body under autocast where ``x``'s device runs it natively, else in float32 (warned once per device)."""
         device_type = x.device.type
-        if device_type not in self._autocast_checked:
-            self._autocast_checked[device_type] = runs_bfloat16_natively(device_type)
-            if not self._autocast_checked[device_type]:
+        native = self._autocast_checked.get(device_type)
+        if native is None:
+            native = self._autocast_checked[device_type] = runs_bfloat16_natively(device_type)
+            if not native:
                 warnings.warn(
                     f"UNANet(autocast={self.autocast!r}): this {device_type} has no native bfloat16 (emulated "
                     f"bfloat16 is over ten times slower), so the network runs in float32.",
                     stacklevel=3,
                 )
-        if not self._autocast_checked[device_type]:
+        if not native:
             return self._body(x)
-        with torch.autocast(device_type=x.device.type, dtype=_AUTOCAST[self.autocast]):
+        with torch.autocast(device_type=device_type, dtype=_AUTOCAST[self.autocast]):
             return self._body(x).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
