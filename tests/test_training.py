@@ -498,6 +498,44 @@ def test_n_saved_is_honoured_after_a_resume(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "checkpoint_epoch=5.pt"]
 
 
+def test_resume_follows_the_configured_lr_milestones_not_the_checkpoints(tmp_path):
+    from ignite.engine import Engine
+    from torch.optim.lr_scheduler import MultiStepLR
+
+    from una_bundle.scripts.workflows.checkpoints import TrainerCheckpointLoader
+
+    def schedule(milestones):
+        net = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+        return net, optimizer, MultiStepLR(optimizer, milestones=milestones, gamma=0.5)
+
+    net, optimizer, scheduler = schedule([3])  # the run that saved: one milestone, at step 3
+    for _ in range(5):
+        optimizer.step(), scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.5
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(),
+            "trainer": {"epoch": 5, "epoch_length": 1, "max_epochs": 5},
+        },
+        tmp_path / "checkpoint_epoch=5.pt",
+    )
+
+    net, optimizer, scheduler = schedule([3, 4, 7])  # the config now: a milestone before the resumed step, one after
+    engine = Engine(lambda engine, batch: (optimizer.step(), scheduler.step()))
+    loader = TrainerCheckpointLoader(
+        str(tmp_path / "checkpoint_epoch=5.pt"), {"model": net, "optimizer": optimizer, "lr_scheduler": scheduler}
+    )
+    loader.attach(engine)
+    lrs = []
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: lrs.append(optimizer.param_groups[0]["lr"]))
+    engine.run([0], max_epochs=8)
+    assert scheduler.last_epoch == 8 and sorted(scheduler.milestones) == [3, 4, 7]
+    assert lrs == [0.25, 0.25, 0.125]  # steps 6, 7 at 1 * 0.5**2; from step 7 on 0.5**3
+
+
 def test_gpu_profile_is_the_cpu_recipe_with_more_patches_and_a_never_ending_loader(tmp_path):
     """configs/train_gpu.yaml changes the loader and the patches per step, nothing of the network or the pipeline."""
     import yaml

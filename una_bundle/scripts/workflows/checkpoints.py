@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from torch.optim.lr_scheduler import MultiStepLR
 
 from ..data.atomic_io import write_atomic
 
@@ -138,12 +140,25 @@ class TrainerCheckpointSaver(CheckpointSaver):
         checkpoint._saved.sort(key=lambda item: item.priority)
 
 
+def _follow_configured_milestones(scheduler: MultiStepLR, milestones: Counter, gamma: float) -> None:
+    """Put the configured ``milestones`` and ``gamma`` back into a ``MultiStepLR`` restored from a checkpoint (its
+    state carries the schedule of the run that saved it) and set each group's lr to the configured schedule's value at
+    the restored step, so a milestone added to the config before the resumed step applies from the resume on."""
+    scheduler.milestones, scheduler.gamma = Counter(milestones), gamma
+    steps = sum(count for milestone, count in milestones.items() if milestone <= scheduler.last_epoch)
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * gamma**steps
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 class TrainerCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` that also restores the engine it is attached to (under ``engine_key``).
 
     Loads at ``Events.STARTED``: the network, optimizer, scheduler (as given in ``load_dict``) and the engine's
     iteration and epoch, so ``run()`` continues where the checkpoint left off; ``max_epochs`` stays the configured
-    one. Arguments as ``CheckpointLoader``.
+    one. The config stays the source of truth for the learning-rate schedule: a ``MultiStepLR`` keeps its configured
+    milestones and gamma (the checkpoint gives only its step), and the lr follows them from the restored step on.
+    Arguments as ``CheckpointLoader``.
     """
 
     def __init__(self, load_path: str, load_dict: dict, engine_key: str = "trainer", **kwargs) -> None:
@@ -155,8 +170,20 @@ class TrainerCheckpointLoader(CheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine) -> None:
+        schedules = {
+            name: (Counter(obj.milestones), obj.gamma)
+            for name, obj in self.load_dict.items()
+            if isinstance(obj, MultiStepLR)
+        }
         super().__call__(engine)
-        logger.info(f"resumed from {self.load_path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+        lrs = []
+        for name, (milestones, gamma) in schedules.items():
+            _follow_configured_milestones(self.load_dict[name], milestones, gamma)
+            lrs += self.load_dict[name].get_last_lr()
+        logger.info(
+            f"resumed from {self.load_path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+            + (f", lr {', '.join(f'{lr:.3g}' for lr in sorted(set(lrs)))}" if lrs else "")
+        )
 
 
 class BestCheckpointSaver(CheckpointSaver):
