@@ -144,7 +144,7 @@ def _follow_configured_milestones(scheduler: MultiStepLR, milestones: Counter, g
     """Put the configured ``milestones`` and ``gamma`` back into a ``MultiStepLR`` restored from a checkpoint (its
     state carries the schedule of the run that saved it) and set each group's lr to the configured schedule's value at
     the restored step, so a milestone added to the config before the resumed step applies from the resume on."""
-    scheduler.milestones, scheduler.gamma = Counter(milestones), gamma
+    scheduler.milestones, scheduler.gamma = milestones, gamma
     steps = sum(count for milestone, count in milestones.items() if milestone <= scheduler.last_epoch)
     for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * gamma**steps
