@@ -2,15 +2,16 @@
 
     python benchmarks/symmetry_reliance.py [--checkpoint W] [--dataset_dir DATA] [--volumes 4] [--seed 0]
 
-Draws training samples from the CPU recipe (``configs/train.yaml`` + ``configs/train_cpu.yaml``, every sample with a
-lesion) twice with the same random state: once with the registered mirror image as the second channel, once with the
-symmetry cue dropped (``symmetry_drop_prob`` 1: the second channel is the image itself, as ``RandDropSymmetryd``
-trains it), so the two versions of each patch differ only in that channel. The head's mask (probability > 0.5) is
-scored against the generator's lesion on each patch. A head that reads the lesion's appearance scores alike on both;
-an asymmetry detector collapses without the cue, which is how bilateral lesions (periventricular ones) look to it.
-This is the on-distribution version of feeding inference the image twice (``preprocessing#transforms#9#keys``), which
-gives two exactly equal channels, something training never shows (its channels carry independent noise). Without
-``--dataset_dir`` the samples come from ``prepare_demo`` deformations of MNI152 (1 mm) built in a temporary folder.
+Draws training samples from the CPU recipe (``configs/train.yaml`` + ``configs/train_cpu.yaml``, a lesion in every
+brain, half the patches centred on it) twice with the same random state: once with the registered mirror image as
+the second channel, once with the symmetry cue dropped (``symmetry_drop_prob`` 1: the second channel is the image
+itself, as ``RandDropSymmetryd`` trains it), so the two versions of each patch differ only in that channel. The head's
+mask (probability > 0.5) is scored against the generator's lesion on each patch. A head that reads the lesion's
+appearance scores alike on both; an asymmetry detector collapses without the cue, which is how bilateral lesions
+(periventricular ones) look to it. This is the on-distribution version of feeding inference the image twice
+(``preprocessing#transforms#9#keys``), which gives two exactly equal channels, something training never shows (its
+channels carry independent noise). Without ``--dataset_dir`` the samples come from ``prepare_demo`` deformations of
+MNI152 (1 mm) built in a temporary folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import platform
 import tempfile
 
 import torch
+from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from una_bundle.scripts.data.bundle_config import BUNDLE_ROOT, load_config
@@ -31,8 +33,9 @@ from una_bundle.scripts.scoring.metrics import dice
 RECIPE = ["train.yaml", "train_cpu.yaml"]
 
 
-def samples(dataset_dir: str, output_dir: str, drop: float, volumes: int, seed: int) -> list[dict]:
-    """``volumes`` x ``patches_per_volume`` training patches with ``symmetry_drop_prob=drop``, from ``seed``."""
+def samples(dataset_dir: str, output_dir: str, drop: float, volumes: int, seed: int) -> tuple[list[dict], ConfigParser]:
+    """``volumes`` x ``patches_per_volume`` training patches with ``symmetry_drop_prob=drop``, from ``seed``, and the
+    parsed recipe."""
     overrides = {"dataset_dir": dataset_dir, "output_dir": output_dir, "symmetry_drop_prob": drop, "anomaly_prob": 1.0}
     config = load_config(RECIPE, overrides)
     pipeline = Compose(config.get_parsed_content("train#preprocessing"))
