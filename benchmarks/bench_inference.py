@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from una_bundle import BUNDLE_ROOT
+from una_bundle.scripts.data.bundle_config import weights_path
 from una_bundle.scripts.model.checkpoint import read_state_dict
 from una_bundle.scripts.model.network import UNANet
 from una_bundle.scripts.workflows.inference import run_inference
@@ -90,7 +91,7 @@ def _checkpoint(folder: Path, net: dict) -> tuple[Path, str]:
         max_features=net["max_features"],
         out_channels=net["out_channels"],
     )
-    shipped = BUNDLE_ROOT / "models" / "model.pt"
+    shipped = weights_path()
     if shipped.is_file():
         try:
             network.load_state_dict(read_state_dict(shipped), strict=True)

@@ -25,7 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from una_bundle.scripts.data.bundle_config import BUNDLE_ROOT, load_config
+from una_bundle.scripts.data.bundle_config import load_config, weights_path
 from una_bundle.scripts.data.demo_data import prepare_demo
 from una_bundle.scripts.model.checkpoint import load_weights
 from una_bundle.scripts.scoring.metrics import dice
@@ -62,7 +62,7 @@ def head_scores(network, patches: list[dict]) -> list[tuple[int, int, float]]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=str(BUNDLE_ROOT / "models" / "model.pt"))
+    parser.add_argument("--checkpoint", default=str(weights_path()))
     parser.add_argument("--dataset_dir", help="prepared training data (default: 2 demo deformations, built here)")
     parser.add_argument("--volumes", type=int, default=4, help="whole-brain samples (each gives patches_per_volume)")
     parser.add_argument("--seed", type=int, default=0)

@@ -19,12 +19,13 @@ from conftest import small_scan
 from monai.bundle import ConfigParser
 
 from una_bundle import BUNDLE_ROOT
+from una_bundle.scripts.data.bundle_config import load_config, weights_path
 from una_bundle.scripts.model.checkpoint import file_hash
 from una_bundle.tools import release
 
 META = BUNDLE_ROOT / "configs" / "metadata.json"
 CONFIG = BUNDLE_ROOT / "configs" / "inference.yaml"
-CKPT = BUNDLE_ROOT / "models" / "model.pt"
+CKPT = weights_path()
 TS = BUNDLE_ROOT / "models" / "model.ts"
 # meta_schema_20240725.json: the schema the metadata's "schema" URL names, kept here so verify_metadata runs offline
 SCHEMA = Path(__file__).parent / "data" / "meta_schema_20240725.json"
@@ -122,6 +123,11 @@ def test_verify_net_in_out(bundle_on_path):
 
 
 # --- weights, TorchScript, large_files.yml -------------------------------------------------------------------------
+def test_inference_config_reads_the_weights_the_tools_write():
+    """inference.yaml's ckpt_path is where release, training_state and the benchmarks look (weights_path)."""
+    assert Path(load_config("inference.yaml").get_parsed_content("ckpt_path")).resolve() == CKPT.resolve()
+
+
 def test_shipped_checkpoint_fits_the_config_and_gives_finite_outputs():
     assert CKPT.stat().st_size < 25 * 2**20, "models/model.pt is committed: the model zoo's limit is 25 MB a file"
     with torch.no_grad():

@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from ..scripts.data.atomic_io import commit, write_atomic
-from ..scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable
+from ..scripts.data.bundle_config import BUNDLE_ROOT, make_scripts_importable, weights_path
 from ..scripts.model.checkpoint import file_hash
 
 __all__ = [
@@ -121,7 +121,7 @@ def export_torchscript(
 
     root = Path(bundle_root).resolve()
     filepath = Path(filepath) if filepath is not None else root / "models" / "model.ts"
-    ckpt_file = Path(ckpt_file) if ckpt_file is not None else root / "models" / "model.pt"
+    ckpt_file = Path(ckpt_file) if ckpt_file is not None else weights_path(root)
     if not ckpt_file.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_file} not found: nothing to export.")
     make_scripts_importable(root)  # the config's `$import scripts`

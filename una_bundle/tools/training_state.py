@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..scripts.data.atomic_io import write_atomic
-from ..scripts.data.bundle_config import BUNDLE_ROOT
+from ..scripts.data.bundle_config import weights_path
 from ..scripts.model.checkpoint import file_hash, read_state_dict
 
 __all__ = ["pack", "unpack", "average", "main"]
@@ -39,7 +39,7 @@ def save_state(obj, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, str(tmp)))
 
 
-def pack(checkpoint: str | Path, out: str | Path, weights: str | Path = BUNDLE_ROOT / "models" / "model.pt") -> Path:
+def pack(checkpoint: str | Path, out: str | Path, weights: str | Path = weights_path()) -> Path:
     """Write the training state of ``checkpoint`` without its network to ``out``; ``weights`` must hold exactly that
     network (the shipped ``models/model.pt``), else ``ValueError``."""
     state = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
@@ -62,7 +62,7 @@ def pack(checkpoint: str | Path, out: str | Path, weights: str | Path = BUNDLE_R
     return Path(out)
 
 
-def unpack(state: str | Path, run_dir: str | Path, weights: str | Path = BUNDLE_ROOT / "models" / "model.pt") -> Path:
+def unpack(state: str | Path, run_dir: str | Path, weights: str | Path = weights_path()) -> Path:
     """Write ``run_dir/models/checkpoint_epoch=N.pt`` (N from the trainer state) from ``state`` and ``weights``;
     returns its path. Refuses weights other than those the state was packed with, and an existing file."""
     packed = torch.load(str(state), map_location="cpu", weights_only=False)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("state")
     u.add_argument("run_dir")
     for q in (p, u):
-        q.add_argument("--weights", default=str(BUNDLE_ROOT / "models" / "model.pt"))
+        q.add_argument("--weights", default=str(weights_path()))
     a = sub.add_parser("average", help="mean of several checkpoints' networks -> one state dict")
     a.add_argument("checkpoints", nargs="+")
     a.add_argument("--out", required=True)

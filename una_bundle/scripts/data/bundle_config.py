@@ -16,7 +16,13 @@ from monai.bundle import ConfigParser
 #: ``scripts`` (the bundle root on ``sys.path``), where ``una_bundle`` is out of reach.
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["BUNDLE_ROOT", "load_config", "make_scripts_importable"]
+__all__ = ["BUNDLE_ROOT", "load_config", "make_scripts_importable", "weights_path"]
+
+
+def weights_path(bundle_root: str | Path = BUNDLE_ROOT) -> Path:
+    """The bundle's weights, ``<bundle_root>/models/model.pt`` (the model-zoo layout; ``ckpt_path`` of
+    ``configs/inference.yaml``, which a test holds to this)."""
+    return Path(bundle_root) / "models" / "model.pt"
 
 
 def make_scripts_importable(bundle_root: str | Path = BUNDLE_ROOT) -> Path:
