@@ -1,9 +1,21 @@
-"""Shared fixtures: small synthetic brains (<= 48^3) so the suite stays fast on 2 CPU cores."""
+"""Shared fixtures: small synthetic brains (<= 48^3), so the suite stays fast on 2 CPU cores; benchmark loading."""
+
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def small_scan(path):

@@ -1,22 +1,19 @@
 """The threshold sweep of benchmarks/calibrate_threshold.py gives, for every (threshold, seed), the Dice and
 false-positive volumes of the masks inference makes (scoring.anomaly_scoring.anomaly_mask)."""
 
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 from una_bundle.scripts.scoring.anomaly_scoring import anomaly_mask
 from una_bundle.scripts.scoring.metrics import dice
 from una_bundle.scripts.workflows.evaluation import anomaly_volumes
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("calibrate_threshold", ROOT / "benchmarks" / "calibrate_threshold.py")
-ct = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ct)
+ct = load_benchmark("calibrate_threshold")
 
 
 def _write(path: Path, array: np.ndarray, affine: np.ndarray) -> str:

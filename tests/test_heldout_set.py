@@ -1,29 +1,18 @@
 """The held-out evaluation set (benchmarks/heldout_set.py): lesion generators on a small synthetic brain, the case
 plan, the artefacts, and one coarse end-to-end build that scripts.workflows.evaluation reads."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import load_benchmark
 from scipy import ndimage as ndi
 
 from una_bundle.scripts.data import labels as ids
 from una_bundle.scripts.workflows.evaluation import load_cases
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("heldout_set", ROOT / "benchmarks" / "heldout_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hs = _load_module()
+hs = load_benchmark("heldout_set")
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +181,7 @@ def test_coarse_build_is_read_by_evaluation_and_refuses_to_overwrite(tmp_path):
 def test_evaluate_heldout_prints_the_per_kind_table(tmp_path, capsys):
     """A perfect model on a coarse set (predictions: the truth and the true lesion): zero L1, Dice 1, no false
     positives, the identity's numbers beside them, and the machine."""
-    spec = importlib.util.spec_from_file_location("evaluate_heldout", ROOT / "benchmarks" / "evaluate_heldout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("evaluate_heldout")
     set_dir = tmp_path / "set"
     hs.build_heldout_set(set_dir, n_per_kind=1, spacing=4.0, verbose=False)
     pred = tmp_path / "pred"

@@ -1,15 +1,10 @@
 """benchmarks/symmetry_reliance.py scores the anomaly head (channel 1 of the network's output) against each patch's
 lesion: Dice and voxel counts of the mask ``sigmoid(logits) > 0.5``."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("symmetry_reliance", ROOT / "benchmarks" / "symmetry_reliance.py")
-sr = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sr)
+sr = load_benchmark("symmetry_reliance")
 
 
 class _Head(torch.nn.Module):
