@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from una_bundle.scripts.scoring.lesion_filling import (
+    DETAIL_RADIUS_MM,
     NOISE_FLOOR,
     FillAnomalyd,
     fill_anomaly,
+    guided_detail,
     healthy_kind,
     looks_like_t1,
     noise_level,
@@ -99,7 +101,11 @@ def test_dictionary_transform_and_bad_setting():
     }
     out = FillAnomalyd(noise_floor=None)(data)
     assert out["healthy_kind"] == "filled" and out["healthy"].shape == (1, 24, 24, 24)
-    assert torch.allclose(out["healthy"][0], fill_anomaly(image, truth, lesion, brain, lesion, 0.5), atol=1e-6)
+    radius = round(DETAIL_RADIUS_MM)  # a tensor without an affine: 1 mm voxels
+    expected = fill_anomaly(image, truth, lesion, brain, lesion, 0.5, detail_radius=radius)
+    assert torch.allclose(out["healthy"][0], expected, atol=1e-6)
+    plain = FillAnomalyd(noise_floor=None, detail_radius_mm=None)(data)
+    assert torch.allclose(plain["healthy"][0], fill_anomaly(image, truth, lesion, brain, lesion, 0.5), atol=1e-6)
     assert out["t1_correlation"] > 0.8
     out = FillAnomalyd(healthy_output="synthesized")(data)
     assert out["healthy_kind"] == "synthesized" and torch.equal(out["healthy"], truth[None])
@@ -158,3 +164,91 @@ def test_excess_noise_is_suppressed_and_a_clean_scan_is_kept():
     }
     out = FillAnomalyd()(data)
     assert out["noise_level"] == pytest.approx(level) and torch.allclose(out["healthy"][0], denoised, atol=1e-5)
+
+
+def _textured_case(shape=(40, 40, 40)):
+    """A brain with structure at a few voxels' scale, a cube lesion, and a smooth synthesis (the truth blurred, as a
+    1 mm reconstruction is): what the plain fill pastes in has lost the finer structure."""
+    g = torch.Generator().manual_seed(1)
+    brain = torch.zeros(shape, dtype=torch.bool)
+    brain[3:-3, 3:-3, 3:-3] = True
+    noise = torch.nn.functional.avg_pool3d(torch.rand(1, 1, *shape, generator=g), 5, stride=1, padding=2)[0, 0]
+    truth = (0.6 + 0.1 * (noise - noise.mean()) / noise.std()) * brain
+    lesion = torch.zeros(shape)
+    lesion[12:28, 12:28, 12:28] = 1.0
+    smooth = torch.nn.functional.avg_pool3d(truth[None, None], 5, stride=1, padding=2)[0, 0] * brain
+    return truth, lesion, brain, smooth
+
+
+def _corr(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def test_detail_keeps_the_structure_of_healthy_tissue_flagged_by_mistake():
+    truth, lesion, brain, smooth = _textured_case()
+    found = lesion > 0  # a false positive: the input there is healthy tissue
+    plain = fill_anomaly(truth, smooth, lesion, brain, found, 0.5, rim_voxels=0)
+    detail = fill_anomaly(truth, smooth, lesion, brain, found, 0.5, rim_voxels=0, detail_radius=3)
+    assert _corr(plain[found], truth[found]) < 0.8 < 0.88 < _corr(detail[found], truth[found])
+    assert (detail - truth)[found].abs().mean() < (plain - truth)[found].abs().mean()
+    assert torch.equal(detail[~found], truth[~found])  # outside the anomaly: the input, voxel for voxel
+    # anisotropic radius (thick slices): one voxel along z still keeps structure
+    thick = fill_anomaly(truth, smooth, lesion, brain, found, 0.5, rim_voxels=0, detail_radius=[3, 3, 1])
+    assert _corr(thick[found], truth[found]) > _corr(plain[found], truth[found]) + 0.05
+
+
+def test_detail_adds_nothing_where_the_input_is_flat():
+    truth, lesion, brain, smooth = _textured_case()
+    image = torch.where(lesion > 0, torch.tensor(0.1), truth)  # a lesion core with nothing of the tissue left
+    found = lesion > 0
+    plain = fill_anomaly(image, smooth, lesion, brain, found, 0.5, rim_voxels=0)
+    detail = fill_anomaly(image, smooth, lesion, brain, found, 0.5, rim_voxels=0, detail_radius=3)
+    core = torch.zeros_like(found)
+    core[18:22, 18:22, 18:22] = True  # two radii from the lesion's border: every window it depends on is flat
+    assert torch.allclose(detail[core], plain[core], atol=1e-6)  # no texture invented: the synthesis itself
+    assert torch.equal(detail[~found], image[~found])
+
+
+def test_guided_detail_adds_the_guides_local_deviation_times_the_slope():
+    g = torch.Generator().manual_seed(2)
+    guide = torch.rand(16, 16, 16, generator=g)
+    brain = torch.zeros(16, 16, 16, dtype=torch.bool)
+    brain[4:12, 4:12, 4:12] = True
+    source = torch.full_like(guide, 0.7)
+    # a source that does not follow the guide: slope 0, the source back
+    assert torch.allclose(guided_detail(guide, source, brain, radius=2, eps=1e-3), source, atol=1e-5)
+    # a source that follows the guide (slope 2) gets twice the guide's local deviation; outside the brain untouched
+    source = torch.where(brain, 2 * guide + 0.3, torch.tensor(5.0))
+    out = guided_detail(guide, source, brain, radius=2, eps=1e-8)
+    assert torch.equal(out[~brain], source[~brain])
+    added, deviation = out[brain] - source[brain], guide[brain] - guide[brain].mean()
+    assert _corr(added, deviation) > 0.8
+    assert 1.0 < float((added * deviation).sum() / (deviation * deviation).sum()) < 2.5
+
+
+def test_detail_bad_settings():
+    image, truth, lesion, brain = _case()
+    with pytest.raises(ValueError, match="detail_radius"):
+        fill_anomaly(image, truth, lesion, brain, lesion > 0, 0.5, detail_radius=[2, 2])
+    with pytest.raises(ValueError, match="detail_radius"):
+        fill_anomaly(image, truth, lesion, brain, lesion > 0, 0.5, detail_radius=-1)
+    with pytest.raises(ValueError, match="detail_eps"):
+        fill_anomaly(image, truth, lesion, brain, lesion > 0, 0.5, detail_radius=2, detail_eps=0)
+    with pytest.raises(ValueError, match="detail_radius_mm"):
+        FillAnomalyd(detail_radius_mm=-1.0)
+    with pytest.raises(ValueError, match="detail_eps"):
+        FillAnomalyd(detail_eps=0.0)
+
+
+def test_inference_config_sets_the_detail_it_documents():
+    import yaml
+
+    from una_bundle import BUNDLE_ROOT
+    from una_bundle.scripts.scoring.lesion_filling import DETAIL_EPS
+
+    config = yaml.safe_load((BUNDLE_ROOT / "configs" / "inference.yaml").read_text())
+    fill = next(t for t in config["postprocessing"]["transforms"] if t["_target_"].endswith("FillAnomalyd"))
+    assert fill["detail_radius_mm"] == "@fill_detail_mm" and fill["detail_eps"] == "@fill_detail_eps"
+    # the transform's defaults (Python API) are the config's values
+    assert (config["fill_detail_mm"], config["fill_detail_eps"]) == (DETAIL_RADIUS_MM, DETAIL_EPS)

@@ -6,13 +6,20 @@ real anatomy everywhere but in the anomaly. :func:`fill_anomaly` therefore blend
 probability ``p`` of the network's anomaly head and its mask (the same mask the user gets: the anomaly that is
 reported is the anomaly that is filled), on the input's own grid and in its own intensity units::
 
-    filled = (1 - w) * image + w * (gain * synthesized + offset),
+    filled = (1 - w) * image + w * detail(gain * synthesized + offset),
     w = 1 in the anomaly mask, p / threshold in a one-voxel rim around it (partial-volume edges), 0 elsewhere
 
 with ``gain`` and ``offset`` fitted by least squares of the synthesis onto the input over the brain where
-``p < 0.05`` (the synthesis is intensity-matched to the input before it is pasted in). Outside the anomaly the
-output is the input, voxel for voxel: no resampling, no intensity normalisation, no clipping. Lesion-filled T1w
-images are what registration and FreeSurfer-style pipelines need (SynthSR users ask for exactly this control).
+``p < 0.05`` (the synthesis is intensity-matched to the input before it is pasted in). What is pasted in keeps the
+input's own detail where the anomaly left any (:func:`guided_detail`, windows of ``detail_radius``): the matched
+synthesis is smooth (a 1 mm reconstruction), while many lesions darken or brighten tissue without erasing its
+structure, and a false positive is healthy tissue. In each window the synthesis is regressed on the input, and the
+input's deviation from its local mean, times that slope, is added to the synthesis; where the input is flat (a lesion
+core with nothing left) the slope is 0 and the synthesis is pasted as it is. On the demo case this turns a loss in
+SSIM against the identity into a win (0.9832 -> 0.9877 vs 0.9855; the template's false positives: 0.9962 -> 0.9982).
+Outside the anomaly the output is the input, voxel for voxel: no resampling, no intensity normalisation, no clipping.
+Lesion-filled T1w images are what registration and FreeSurfer-style pipelines need (SynthSR users ask for exactly
+this control).
 
 A noisy input gives a noisy filled image. :func:`suppress_excess_noise` estimates the input's noise (from the variance
 of its flattest 3^3 windows in the brain, relative to the brain's 99th percentile) and removes only the part above
@@ -27,7 +34,7 @@ healthy-looking brain is at least ``T1_CORRELATION``.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +46,7 @@ from ..data.modalities import NON_T1_MODALITIES, T1_MODALITIES
 
 __all__ = [
     "fill_anomaly",
+    "guided_detail",
     "noise_level",
     "suppress_excess_noise",
     "looks_like_t1",
@@ -59,6 +67,11 @@ _HEALTHY_BELOW = 0.05  # anomaly probability under which a voxel counts as healt
 #: anatomy): only the noise above it is removed, so a clean scan is returned as it is. On the held-out T1w with 4 %
 #: Rician noise (reads 4.2 %) this floor still brings L1 after a gain from 0.050 to 0.047; 0.025 gives 0.044.
 NOISE_FLOOR = 0.035
+#: Radius (mm) of the guided filter's windows in the filled region: a lesion's texture at the scale of gyri.
+DETAIL_RADIUS_MM = 8.0
+#: The guided filter's regulariser, in units of (brain 99th percentile)^2: windows whose input varies less than
+#: about sqrt(eps) = 3 % of the brain's range take the synthesis (flat: nothing to keep).
+DETAIL_EPS = 1e-3
 _CHI2_26_P10 = 0.665072  # scipy.stats.chi2.ppf(0.1, 26) / 26: the 10th percentile of a 27-voxel variance / sigma^2
 
 
@@ -86,6 +99,8 @@ def fill_anomaly(
     mask: torch.Tensor,
     threshold: float,
     rim_voxels: int = 1,
+    detail_radius: int | Sequence[int] | None = None,
+    detail_eps: float = DETAIL_EPS,
 ) -> torch.Tensor:
     """The input with its anomaly replaced by the intensity-matched synthesis (module docstring).
 
@@ -98,9 +113,15 @@ def fill_anomaly(
         threshold: the mask's threshold on ``probability``.
         rim_voxels: width of the rim around the mask where the weight falls off as ``probability / threshold``
             (partial-volume edges; 0: the mask alone).
+        detail_radius: the guided filter's window radius in voxels (one int, or one per axis) for
+            :func:`guided_detail`: the pasted synthesis keeps the input's detail; ``None``: the plain synthesis.
+        detail_eps: the guided filter's regulariser in units of (the brain's 99th percentile of ``image``)^2.
     """
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold}.")
+    radius = None if detail_radius is None else _per_axis(detail_radius, "detail_radius")
+    if not detail_eps > 0:
+        raise ValueError(f"detail_eps must be > 0, got {detail_eps}.")
     mask = mask > 0.5
     keep = _healthy_voxels(probability, brain) & ~mask
     gain, offset = 1.0, 0.0
@@ -113,24 +134,77 @@ def fill_anomaly(
     region = _window(F.max_pool3d, mask.float(), 2 * int(rim_voxels) + 1) > 0.5 if rim_voxels > 0 else mask
     weight = torch.where(mask, 1.0, (probability.float() / float(threshold)).clamp(0, 1))
     weight = weight * (region & (brain > 0.5))
-    filled = (1 - weight) * image.float() + weight * (gain * synthesized.float() + offset)
+    matched = gain * synthesized.float() + offset
+    if radius is not None and bool((weight > 0).any()):
+        matched = _detail_where(weight > 0, image.float(), matched, brain > 0.5, radius, detail_eps)
+    filled = (1 - weight) * image.float() + weight * matched
     return filled.clamp_min(min(0.0, float(image.min())))  # no darker than the input's floor (0 for MR)
 
 
-def _window(pool, x: torch.Tensor, size: int, **kwargs) -> torch.Tensor:
-    """``pool`` (max or average) over ``size``^3 windows of ``[X, Y, Z]`` ``x``, same size out, as three 1D passes:
-    the same result as the 3D window (the counts of a border window multiply), several times faster on a CPU."""
+def guided_detail(guide: torch.Tensor, source: torch.Tensor, brain: torch.Tensor, radius, eps: float) -> torch.Tensor:
+    """``source`` with ``guide``'s detail added: ``source + a * (guide - mean(guide))``, ``a`` the slope of the local
+    least-squares line ``source ~ a * guide + b`` (``eps`` damps it where the guide is flat), means and fits over the
+    ``brain`` voxels of windows of ``radius`` voxels (one int, or one per axis), then ``a`` averaged likewise. A guided
+    filter (He et al., 2013) that keeps ``source`` as the base and adds the detail it lacks at the scale of the
+    windows. ``[X, Y, Z]`` tensors in the same units; ``source`` outside ``brain``."""
+    sizes = [2 * r + 1 for r in _per_axis(radius, "radius")]
+    inside = brain.float()
+    count = _box_mean(inside, sizes).clamp_min(1e-6)
+
+    def mean(x):
+        return _box_mean(x * inside, sizes) / count
+
+    mean_g, mean_s = mean(guide), mean(source)
+    var_g = mean(guide * guide) - mean_g * mean_g
+    slope = mean((mean(guide * source) - mean_g * mean_s) / (var_g.clamp_min(0) + eps))
+    return torch.where(brain, source + slope * (guide - mean_g), source)
+
+
+def _detail_where(
+    where: torch.Tensor, image: torch.Tensor, matched: torch.Tensor, brain: torch.Tensor, radius, eps: float
+) -> torch.Tensor:
+    """``matched`` with :func:`guided_detail` (guide ``image``), computed in ``where``'s box grown by twice the radius
+    (all a voxel of ``where`` depends on; outside the box ``matched`` as it is), in units of the brain's 99th
+    percentile."""
+    scale = float(torch.quantile(_sample(image[brain]), 0.99)) if bool(brain.any()) else 0.0
+    if scale <= 0:
+        return matched
+    box = []
+    for axis, r in enumerate(radius):
+        hits = torch.nonzero(where.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        box.append(slice(max(0, int(hits[0]) - 2 * r), int(hits[-1]) + 2 * r + 1))
+    out = matched.clone()
+    box = tuple(box)
+    out[box] = scale * guided_detail(image[box] / scale, matched[box] / scale, brain[box], radius, eps)
+    return out
+
+
+def _per_axis(value: int | Sequence[int], name: str) -> list[int]:
+    """One non-negative int per spatial axis (an int applies to all three)."""
+    values = [value] * 3 if isinstance(value, (int, float)) else list(value)
+    if len(values) != 3 or any(int(v) != v or v < 0 for v in values):
+        raise ValueError(f"{name} must be a non-negative int or three of them, got {value!r}.")
+    return [int(v) for v in values]
+
+
+def _window(pool, x: torch.Tensor, size: int | Sequence[int], **kwargs) -> torch.Tensor:
+    """``pool`` (max or average) over ``size``^3 windows (odd; or one size per axis) of ``[X, Y, Z]`` ``x``, same size
+    out, as three 1D passes: the same result as the 3D window (the counts of a border window multiply), several times
+    faster on a CPU."""
+    sizes = [size] * 3 if isinstance(size, int) else list(size)
     out = x[None, None]
     for axis in range(3):
+        if sizes[axis] == 1:
+            continue
         kernel = [1, 1, 1]
-        kernel[axis] = size
+        kernel[axis] = sizes[axis]
         padding = [0, 0, 0]
-        padding[axis] = size // 2
+        padding[axis] = sizes[axis] // 2
         out = pool(out, kernel, stride=1, padding=padding, **kwargs)
     return out[0, 0]
 
 
-def _box_mean(x: torch.Tensor, size: int = 3) -> torch.Tensor:
+def _box_mean(x: torch.Tensor, size: int | Sequence[int] = 3) -> torch.Tensor:
     return _window(F.avg_pool3d, x, size, count_include_pad=False)
 
 
@@ -222,6 +296,9 @@ class FillAnomalyd(Transform):
         noise_key: where to store the input's noise level.
         healthy_output: ``auto``, ``filled`` or ``synthesized``.
         noise_floor: relative noise kept in the filled image (:func:`suppress_excess_noise`); ``None``: no filtering.
+        detail_radius_mm: radius (mm, turned into voxels per axis by the input's voxel size) of the guided filter that
+            keeps the input's detail in what is filled (:func:`fill_anomaly`); ``None``: the plain synthesis.
+        detail_eps: the guided filter's regulariser (:data:`DETAIL_EPS`).
     """
 
     def __init__(
@@ -240,11 +317,18 @@ class FillAnomalyd(Transform):
         healthy_output: str = "auto",
         noise_floor: float | None = NOISE_FLOOR,
         t1_key: str = "t1_like",
+        detail_radius_mm: float | None = DETAIL_RADIUS_MM,
+        detail_eps: float = DETAIL_EPS,
     ) -> None:
         if healthy_output not in HEALTHY_OUTPUTS:
             raise ValueError(f"healthy_output must be one of {HEALTHY_OUTPUTS}, got {healthy_output!r}.")
         if noise_floor is not None and not 0 <= noise_floor < 1:
             raise ValueError(f"noise_floor must be None or in [0, 1), got {noise_floor}.")
+        if detail_radius_mm is not None and not detail_radius_mm >= 0:
+            raise ValueError(f"detail_radius_mm must be None or >= 0, got {detail_radius_mm}.")
+        if not detail_eps > 0:
+            raise ValueError(f"detail_eps must be > 0, got {detail_eps}.")
+        self.detail_radius_mm, self.detail_eps = detail_radius_mm, detail_eps
         self.image_key, self.pred_key, self.anomaly_key, self.mask_key = image_key, pred_key, anomaly_key, mask_key
         self.modality_key, self.output_key, self.kind_key, self.corr_key = modality_key, output_key, kind_key, corr_key
         self.noise_key, self.healthy_output, self.noise_floor = noise_key, healthy_output, noise_floor
@@ -273,9 +357,27 @@ class FillAnomalyd(Transform):
             level = noise_level(image, brain)
         if kind == "filled":
             found = torch.as_tensor(d[self.anomaly_mask_key])[0].to(synth.device)
-            healthy = fill_anomaly(image, synth, prob, brain, found, float(d[self.threshold_key]))
+            radius = self._radius_voxels(d[self.image_key])
+            healthy = fill_anomaly(
+                image,
+                synth,
+                prob,
+                brain,
+                found,
+                float(d[self.threshold_key]),
+                detail_radius=radius,
+                detail_eps=self.detail_eps,
+            )
         else:
             healthy = synth
         d[self.output_key] = convert_to_dst_type(healthy[None], pred, dtype=torch.float32)[0]
         d[self.kind_key], d[self.corr_key], d[self.noise_key] = kind, corr, level
         return d
+
+    def _radius_voxels(self, image) -> list[int] | None:
+        """``detail_radius_mm`` in voxels of ``image``'s grid per axis (its affine; 1 mm voxels without one)."""
+        if self.detail_radius_mm is None:
+            return None
+        affine = getattr(image, "affine", None)
+        spacing = [1.0] * 3 if affine is None else torch.as_tensor(affine)[:3, :3].double().norm(dim=0).tolist()
+        return [int(round(self.detail_radius_mm / max(float(v), 1e-6))) for v in spacing]
