@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.transforms import Transform
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type
 
 from ..data.modalities import NON_T1_MODALITIES, T1_MODALITIES
@@ -135,8 +136,9 @@ def fill_anomaly(
     weight = torch.where(mask, 1.0, (probability.float() / float(threshold)).clamp(0, 1))
     weight = weight * (region & (brain > 0.5))
     matched = gain * synthesized.float() + offset
-    if radius is not None and bool((weight > 0).any()):
-        matched = _detail_where(weight > 0, image.float(), matched, brain > 0.5, radius, detail_eps)
+    filled_region = weight > 0
+    if radius is not None and bool(filled_region.any()):
+        matched = _detail_where(filled_region, image.float(), matched, brain > 0.5, radius, detail_eps)
     filled = (1 - weight) * image.float() + weight * matched
     return filled.clamp_min(min(0.0, float(image.min())))  # no darker than the input's floor (0 for MR)
 
@@ -166,15 +168,12 @@ def _detail_where(
     """``matched`` with :func:`guided_detail` (guide ``image``), computed in ``where``'s box grown by twice the radius
     (all a voxel of ``where`` depends on; outside the box ``matched`` as it is), in units of the brain's 99th
     percentile."""
-    scale = float(torch.quantile(_sample(image[brain]), 0.99)) if bool(brain.any()) else 0.0
+    scale = _brain_q99(image, brain) if bool(brain.any()) else 0.0
     if scale <= 0:
         return matched
-    box = []
-    for axis, r in enumerate(radius):
-        hits = torch.nonzero(where.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
-        box.append(slice(max(0, int(hits[0]) - 2 * r), int(hits[-1]) + 2 * r + 1))
+    start, end = generate_spatial_bounding_box(where[None], margin=[2 * r for r in radius], allow_smaller=True)
+    box = tuple(slice(a, b) for a, b in zip(start, end))
     out = matched.clone()
-    box = tuple(box)
     out[box] = scale * guided_detail(image[box] / scale, matched[box] / scale, brain[box], radius, eps)
     return out
 
@@ -212,13 +211,18 @@ def _sample(values: torch.Tensor, limit: int = 1_000_000) -> torch.Tensor:
     return values[:: max(1, values.numel() // limit)]  # torch.quantile takes at most 16 M values
 
 
+def _brain_q99(image: torch.Tensor, brain: torch.Tensor) -> float:
+    """The 99th percentile of ``image`` in the (non-empty, boolean) ``brain``: the scale of the brain's intensities."""
+    return float(torch.quantile(_sample(image[brain]), 0.99))
+
+
 def _noise_statistics(image: torch.Tensor, brain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """``(mean, variance, q99, level)``: the mean and (biased) variance in 3^3 windows, the brain's 99th percentile and
     :func:`noise_level`'s estimate; computed once for both the estimate and the filter."""
     x = image.float()
     mean = _box_mean(x)
     var = _box_mean(x * x) - mean * mean
-    reference = float(torch.quantile(_sample(x[brain]), 0.99))
+    reference = _brain_q99(x, brain)
     inner = -_window(F.max_pool3d, -brain.float(), 5) > 0.5
     if int(inner.sum()) < 100 or reference <= 0:
         return mean, var, reference, 0.0
