@@ -63,9 +63,10 @@ def save(path, data, affine, dtype=np.float32):
     return path
 
 
-def conv_checkpoint(path, weight=(0.0, 0.0)):
-    """A 1x1x1 ``Conv3d(2, 1)`` checkpoint: ``(0, 0)`` outputs zeros, ``(1, 0)`` copies the normalised input."""
-    state = {"weight": torch.tensor(weight, dtype=torch.float32).reshape(1, 2, 1, 1, 1), "bias": torch.zeros(1)}
+def conv_checkpoint(path, weight=(0.0, 0.0), bias=0.0):
+    """A 1x1x1 ``Conv3d(2, 1)`` checkpoint: ``(0, 0)`` outputs zeros, ``(1, 0)`` copies the normalised input; ``bias``
+    is added everywhere, outside the brain too (a network's haze)."""
+    state = {"weight": torch.tensor(weight, dtype=torch.float32).reshape(1, 2, 1, 1, 1), "bias": torch.tensor([bias])}
     torch.save(state, str(path))
     return path
 
@@ -193,6 +194,26 @@ def test_mask_for_an_image_with_skull(tmp_path):
     assert report["healthy"] == "filled"
     healthy = np.asarray(nib.load(str(out / "head_healthy.nii.gz")).dataobj)
     np.testing.assert_allclose(healthy[mask == 0], padded[mask == 0])
+
+
+def test_synthesis_is_zero_outside_the_brain(tmp_path):
+    """A network with a haze (+0.2 everywhere): the synthesised T1w, and the healthy output of a T2 input (the
+    synthesis), keep it inside the brain mask only; outside it, in the crop box too, they are 0."""
+    image, affine, _ = phantom(shape=(40, 44, 16))
+    mask = np.pad(image > 0, 3).astype(np.uint8)
+    path = save(tmp_path / "t2.nii.gz", np.pad(image, 3), affine)
+    mask_path = save(tmp_path / "t2_mask.nii.gz", mask, affine, np.uint8)
+    ckpt = conv_checkpoint(tmp_path / "haze.pt", (1.0, 0.0), bias=0.2)
+    fast = {**FAST, "spacing": [1.2, 1.0, 3.0]}
+    out = tmp_path / "out"
+    report = run_inference(
+        path, out, mask=mask_path, modality="t2", checkpoint=ckpt, overrides={"network_def": CONV}, quiet=True, **fast
+    )[0]
+    assert report["healthy"] == "synthesized"
+    for name in ("t2_synthesized.nii.gz", "t2_healthy.nii.gz"):
+        result = np.asarray(nib.load(str(out / name)).dataobj)
+        assert float(np.abs(result[mask == 0]).max()) == 0.0, name
+        assert float(result[mask > 0].min()) >= 0.2 - 1e-5, name  # the haze is kept in the brain: only masked
 
 
 # --- modality and intensity -------------------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ configs/inference.yaml`` and :func:`infer` / :func:`run_inference` (the CLI and 
    box plus a margin), ``FlipRegisterd`` (the left-right flip registered onto this preprocessed image), the 2-channel
    concatenation and ``DivisiblePadd``;
 2. **inference** - a sliding-window ``UNANet`` (``roi_size`` divisible by ``2**(levels - 1)``);
-3. **postprocessing** - the reconstruction clipped to [0, 1], :class:`AnomalyScored` (the continuous anomaly map and
-   its automatic threshold, computed on the working grid by ``scripts.scoring.anomaly_scoring``), ``Invertd``
-   (every spatial step undone: the input's own grid), clipping, and :class:`AnomalyMaskd`.
+3. **postprocessing** - :class:`AnomalyScored` (the continuous anomaly map and its automatic threshold, computed on
+   the working grid by ``scripts.scoring.anomaly_scoring``), the reconstruction clipped to [0, 1] and zeroed outside
+   the brain mask, ``Invertd`` (every spatial step undone: the input's own grid), clipping, :class:`AnomalyMaskd`
+   and :class:`FillAnomalyd`.
 
 The API adds what a tool needs around it: inputs are a file, a folder (its ``*.nii`` / ``*.nii.gz``, except files
 named like masks or label maps, :data:`NOT_A_SCAN`, which are skipped and listed) or a list; every input is
