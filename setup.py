@@ -15,7 +15,7 @@ def _requirements(path: Path) -> list[str]:
 
 setup(
     name="una_bundle",
-    version="0.5.1",  # the bundle version (configs/metadata.json)
+    version="0.5.2",  # the bundle version (configs/metadata.json)
     license="Apache-2.0",
     description="UNA (fluid-driven anomaly randomization) as a MONAI bundle: healthy T1w reconstruction and "
     "anomaly maps from brain scans of any contrast and resolution.",

@@ -7,7 +7,7 @@ the command line and other tooling a bundle run does not need, in :mod:`una_bund
 
 from pathlib import Path
 
-__version__ = "0.5.1"  # the bundle version (configs/metadata.json)
+__version__ = "0.5.2"  # the bundle version (configs/metadata.json)
 
 #: The bundle root folder, as ``python -m monai.bundle`` expects it.
 BUNDLE_ROOT = Path(__file__).resolve().parent
