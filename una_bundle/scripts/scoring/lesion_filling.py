@@ -44,6 +44,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type
 
 from ..data.modalities import NON_T1_MODALITIES, T1_MODALITIES
+from ..synthesis.common import voxel_spacing
 
 __all__ = [
     "fill_anomaly",
@@ -168,7 +169,7 @@ def _detail_where(
     """``matched`` with :func:`guided_detail` (guide ``image``), computed in ``where``'s box grown by twice the radius
     (all a voxel of ``where`` depends on; outside the box ``matched`` as it is), in units of the brain's 99th
     percentile."""
-    scale = _brain_q99(image, brain) if bool(brain.any()) else 0.0
+    scale = _brain_q99(image, brain)  # where (the filled region) lies in the brain: never empty here
     if scale <= 0:
         return matched
     start, end = generate_spatial_bounding_box(where[None], margin=[2 * r for r in radius], allow_smaller=True)
@@ -190,7 +191,7 @@ def _window(pool, x: torch.Tensor, size: int | Sequence[int], **kwargs) -> torch
     """``pool`` (max or average) over ``size``^3 windows (odd; or one size per axis) of ``[X, Y, Z]`` ``x``, same size
     out, as three 1D passes: the same result as the 3D window (the counts of a border window multiply), several times
     faster on a CPU."""
-    sizes = [size] * 3 if isinstance(size, int) else list(size)
+    sizes = _per_axis(size, "size")
     out = x[None, None]
     for axis in range(3):
         if sizes[axis] == 1:
@@ -379,9 +380,8 @@ class FillAnomalyd(Transform):
         return d
 
     def _radius_voxels(self, image) -> list[int] | None:
-        """``detail_radius_mm`` in voxels of ``image``'s grid per axis (its affine; 1 mm voxels without one)."""
+        """``detail_radius_mm`` in voxels of ``image``'s grid per axis (a MetaTensor's voxel size; 1 mm for a plain
+        tensor)."""
         if self.detail_radius_mm is None:
             return None
-        affine = getattr(image, "affine", None)
-        spacing = [1.0] * 3 if affine is None else torch.as_tensor(affine)[:3, :3].double().norm(dim=0).tolist()
-        return [int(round(self.detail_radius_mm / max(float(v), 1e-6))) for v in spacing]
+        return [int(round(self.detail_radius_mm / max(float(v), 1e-6))) for v in voxel_spacing(image)]
